@@ -1,0 +1,125 @@
+"""Load an exported model directory and run it with onnxruntime alone (no PyTorch on this path)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from s2s.search import State
+from s2s.tokenizer import load_sentencepiece
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = "s2s-job-model/1"
+
+
+class ModelDirError(ValueError):
+    """A model directory that cannot be used; the message names the file and what to do."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    path: Path
+    manifest: dict
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def load_model_dir(path: str | Path, verify: bool = True) -> ModelDir:
+    """Read manifest.json and check every file's SHA-256; raise ModelDirError naming what is wrong."""
+    path = Path(path)
+    hint = "Export one with `s2s-job export RUN_DIR --out MODEL_DIR`."
+    if not path.is_dir():
+        raise ModelDirError(f"{path}: no such model directory. {hint}")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise ModelDirError(f"{mpath}: missing; {path} is not an exported model directory. {hint}")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelDirError(f"{mpath}: not valid JSON ({e}). Re-export the model.") from e
+    if manifest.get("format") != FORMAT or "files" not in manifest:
+        raise ModelDirError(f"{mpath}: not an s2s-job manifest (format {manifest.get('format')!r}, expected {FORMAT!r}). {hint}")
+    if verify:
+        for name, digest in manifest["files"].items():
+            f = path / name
+            if not f.is_file():
+                raise ModelDirError(f"{f}: listed in the manifest but missing. Re-export the model or restore the file.")
+            if sha256(f) != digest:
+                raise ModelDirError(f"{f}: SHA-256 does not match the manifest; the file was changed or corrupted. Re-export the model.")
+    return ModelDir(path, manifest)
+
+
+def choose_providers(device: str) -> list[str]:
+    """onnxruntime providers for `device` ('auto', 'cpu' or 'cuda'); 'cuda' fails at once where CUDA cannot load."""
+    import onnxruntime as ort
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    available = ort.get_available_providers()
+    if device == "cpu" or "CUDAExecutionProvider" not in available:
+        if device == "cuda":
+            raise RuntimeError(f"--device cuda: this onnxruntime has no CUDA provider (available: {available}). Install onnxruntime-gpu.")
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class OrtEngine:
+    """Encoder + single-step decoder sessions as the step function the shared search runs on."""
+
+    def __init__(self, model_dir: ModelDir, variant: str = "auto", device: str = "auto", threads: int = 1):
+        import onnxruntime as ort
+
+        m = model_dir.manifest
+        if variant == "auto":
+            variant = m.get("default_cpu_variant", "fp32") if device != "cuda" else "fp32"
+        if variant not in m["variants"]:
+            raise ModelDirError(f"{model_dir.path}: no variant {variant!r}; it has {sorted(m['variants'])}")
+        files = m["variants"][variant]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = choose_providers(device)
+        self.encoder = ort.InferenceSession(str(model_dir.file(files["encoder"])), opts, providers=providers)
+        self.decoder = ort.InferenceSession(str(model_dir.file(files["decoder_step"])), opts, providers=providers)
+        self.provider = self.decoder.get_providers()[0]
+        if device == "cuda" and self.provider != "CUDAExecutionProvider":
+            raise RuntimeError(f"--device cuda: the CUDA provider did not load (running {self.provider}); check the CUDA/cuDNN libraries")
+        self.variant = variant
+        log.info("onnxruntime provider: %s (variant %s, %d thread(s))", self.provider, variant, threads)
+
+    def encode(self, src_ids: np.ndarray, src_lens: np.ndarray) -> State:
+        memory, mask, h, c, feed = self.encoder.run(None, {"src_ids": src_ids.astype(np.int64), "src_lens": src_lens.astype(np.int64)})
+        return {"h": h, "c": c, "feed": feed, "memory": memory, "mask": mask}
+
+    def step(self, prev: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        lp, h, c, feed, _ = self.decoder.run(None, {"prev": prev.astype(np.int64), "h": state["h"], "c": state["c"], "feed": state["feed"],
+                                                    "memory": state["memory"], "mask": state["mask"]})
+        return lp, {**state, "h": h, "c": c, "feed": feed}
+
+
+def load_translator(path: str | Path, decode=None, variant: str = "auto", device: str = "auto", threads: int = 1):
+    """A Translator over an exported model directory (verified), ready to translate text."""
+    from s2s.translator import DecodeConfig, Translator
+
+    model_dir = load_model_dir(path)
+    limits = model_dir.manifest.get("limits", {})
+    decode = decode or DecodeConfig(max_input_tokens=limits.get("max_input_tokens", 250))
+    engine = OrtEngine(model_dir, variant, device, threads)
+    return Translator(engine, load_sentencepiece(model_dir.file("src.model")), load_sentencepiece(model_dir.file("tgt.model")), decode)

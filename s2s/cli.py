@@ -1,0 +1,121 @@
+"""The `s2s-job` command: each command parses its options, builds a config and calls the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from s2s.data import BUNDLED_DATA, DataError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, export and run an LSTM translator on Ray.")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def train(
+    run_dir: Annotated[Path, typer.Option(help="Where the run writes tokenizers, checkpoints and metrics.")] = Path("runs/eng-fra"),
+    data: Annotated[Path, typer.Option(help="Parquet or TSV (with header) of sentence pairs.")] = BUNDLED_DATA,
+    source_column: Annotated[str, typer.Option(help="Column with source sentences.")] = "en",
+    target_column: Annotated[str, typer.Option(help="Column with target sentences.")] = "fr",
+    workers: Annotated[int, typer.Option(help="Ray Train workers (DDP processes); more than the CPUs is allowed.")] = 2,
+    cpus: Annotated[float, typer.Option(help="CPUs the workers share (0: all the Ray cluster has).")] = 0,
+    gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="Force GPUs (nccl) or CPUs (gloo); default: GPUs when Ray has them.")] = None,
+    src_vocab_size: Annotated[int, typer.Option(help="Source SentencePiece vocabulary.")] = 8000,
+    tgt_vocab_size: Annotated[int, typer.Option(help="Target SentencePiece vocabulary.")] = 8000,
+    emb_dim: Annotated[int, typer.Option(help="Embedding size.")] = 256,
+    hidden_size: Annotated[int, typer.Option(help="LSTM hidden size (encoder output, decoder state).")] = 512,
+    encoder_layers: Annotated[int, typer.Option(help="Bidirectional encoder layers.")] = 1,
+    decoder_layers: Annotated[int, typer.Option(help="Decoder LSTM layers.")] = 1,
+    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.2,
+    batch_tokens: Annotated[int, typer.Option(help="Padded target tokens per step, all workers together.")] = 6000,
+    lr: Annotated[float, typer.Option(help="Adam peak learning rate.")] = 2e-3,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 300,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.1,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 6,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (0: no bound).")] = 0,
+    max_minutes: Annotated[float, typer.Option(help="Stop training after this many minutes (0: no bound).")] = 50.0,
+    patience: Annotated[int, typer.Option(help="Early stop after this many epochs without better valid BLEU (0: never).")] = 3,
+    log_every: Annotated[int, typer.Option(help="Steps between progress lines.")] = 50,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16/--fp32", help="bfloat16 autocast; default: on GPU and on CPUs with native bf16.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 1234,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir from its last checkpoint.")] = False,
+) -> None:
+    """Train an English->French (or any pair) LSTM translator with DDP under Ray Train."""
+    from s2s.model import ModelConfig
+    from s2s.train import TrainConfig
+    from s2s.train import train as run_training
+
+    try:
+        model = ModelConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, emb_dim=emb_dim, hidden_size=hidden_size,
+                            encoder_layers=encoder_layers, decoder_layers=decoder_layers, dropout=dropout)
+        cfg = TrainConfig(run_dir=str(run_dir), data=str(data), source_column=source_column, target_column=target_column, model=model,
+                          workers=workers, cpus=cpus, use_gpu=gpu, batch_tokens=batch_tokens, lr=lr, warmup_steps=warmup_steps,
+                          label_smoothing=label_smoothing, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
+                          patience=patience, log_every=log_every, bf16=bf16, seed=seed, resume=resume)
+        summary = run_training(cfg)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:  # DataError is a ValueError
+        _fail(str(e))
+    typer.echo(json.dumps(summary["best"], indent=2))
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
+    split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+    beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = 1,
+    length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = 1.0,
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    samples: Annotated[int, typer.Option(help="Sample translations to show.")] = 5,
+) -> None:
+    """Score a run's checkpoint on its test split (BLEU, chrF, multi-reference) and write eval.json."""
+    from s2s.evaluate import evaluate_run
+    from s2s.translator import DecodeConfig
+
+    try:
+        result = evaluate_run(run_dir, split, DecodeConfig(beam_size=beam_size, length_penalty=length_penalty), checkpoint, samples)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
+    out: Annotated[Path, typer.Option(help="Model directory to write.")] = Path("models/eng-fra"),
+    quantize: Annotated[Optional[str], typer.Option(help="int8: add an onnxruntime dynamic-quantized variant.")] = None,
+    exporter: Annotated[str, typer.Option(help="torch.onnx exporter: torchscript or dynamo.")] = "torchscript",
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    parity_sentences: Annotated[int, typer.Option(help="Held-out sentences the parity gate decodes.")] = 200,
+    tolerance: Annotated[float, typer.Option(help="Max |delta log-prob| per step between PyTorch and onnxruntime.")] = 1e-4,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model directory.")] = False,
+) -> None:
+    """Export a run's checkpoint to ONNX (encoder + single-step decoder), behind a parity gate."""
+    from s2s.export.convert import ExportConfig, ParityError, export_run
+
+    try:
+        cfg = ExportConfig(exporter=exporter, checkpoint=checkpoint, parity_sentences=parity_sentences, tolerance=tolerance,
+                           quantize=quantize, overwrite=overwrite)
+        manifest = export_run(run_dir, out, cfg)
+    except ParityError as e:
+        _fail(str(e), code=1)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        _fail(str(e))
+    gate = manifest["parity"]
+    typer.echo(f"wrote {out}: parity passed on {gate['sentences']} sentences at batch sizes {gate['batch_sizes']} "
+               f"(max |delta log-prob| {gate['max_abs_logprob_diff']:.1e}; greedy {gate['greedy']}; beam {gate['beam4']}); "
+               f"CPU default variant {manifest['default_cpu_variant']}")
+
+
+def main() -> None:  # pragma: no cover
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("s2s").setLevel(logging.INFO)
+    app()

@@ -1,0 +1,71 @@
+"""Scoring: multi-reference BLEU and chrF with sacrebleu, and loading a trained checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sacrebleu
+import torch
+
+from s2s.model import ModelConfig, Seq2Seq
+
+
+def corpus_scores(hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
+    """BLEU and chrF of hypotheses against a variable number of references per sentence."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
+    if not hypotheses:
+        return {"bleu": 0.0, "chrf": 0.0}
+    n_streams = max(len(r) for r in references)
+    # sacrebleu takes one stream per reference slot; None marks a sentence with fewer references
+    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(n_streams)]
+    bleu = sacrebleu.corpus_bleu(hypotheses, streams)
+    chrf = sacrebleu.corpus_chrf(hypotheses, streams)
+    return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2)}
+
+
+def load_model(checkpoint: str | Path) -> tuple[Seq2Seq, dict]:
+    """A Seq2Seq in eval mode from a training checkpoint, and the checkpoint's other fields."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint. Train first (s2s-job train --run-dir ...) or check the run directory.")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if "model" not in ckpt or "model_config" not in ckpt:
+        raise ValueError(f"{path}: not an s2s-job checkpoint (no model weights or config)")
+    model = Seq2Seq(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", decode=None, checkpoint: str = "best", samples: int = 5) -> dict:
+    """Translate a run's held-out split with its checkpoint; write and return eval.json's contents."""
+    import json
+    import time
+
+    import pyarrow.parquet as pq
+
+    from s2s.tokenizer import load_sentencepiece
+    from s2s.translator import DecodeConfig, TorchEngine, Translator
+
+    run = Path(run_dir)
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run}: not a training run directory (no config.json). Pass the --run-dir given to train.")
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be valid or test, got {split!r}")
+    decode = decode or DecodeConfig()
+    model, ckpt = load_model(run / "checkpoints" / f"{checkpoint}.pt")
+    rows = pq.read_table(run / "data" / f"{split}.parquet").to_pylist()
+    translator = Translator(TorchEngine(model), load_sentencepiece(run / "src.model"), load_sentencepiece(run / "tgt.model"), decode)
+    t0 = time.time()
+    out = translator.translate([r["src"] for r in rows])
+    seconds = time.time() - t0
+    hyps = [t.translation or "" for t in out]
+    result = {
+        "split": split, "checkpoint": checkpoint, "sentences": len(rows), "references": sum(len(r["refs"]) for r in rows),
+        **corpus_scores(hyps, [r["refs"] for r in rows]),
+        "beam_size": decode.beam_size, "length_penalty": decode.length_penalty,
+        "sentences_per_s": round(len(rows) / seconds, 1), "epoch": ckpt.get("state", {}).get("epoch"), "step": ckpt.get("state", {}).get("step"),
+        "samples": [{"src": rows[i]["src"], "hyp": hyps[i], "refs": rows[i]["refs"]} for i in range(0, len(rows), max(1, len(rows) // max(samples, 1)))][:samples],
+    }
+    (run / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    return result

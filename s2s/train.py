@@ -1,0 +1,394 @@
+"""Training: prepare the data once on the driver, then run `fit` on every Ray Train worker under DDP.
+
+`fit` is plain PyTorch + torch.distributed (tests run it without Ray); `train_loop_per_worker` is the
+thin Ray adapter and `train` the driver that owns ScalingConfig/RunConfig.
+
+Run directory:
+    config.json        the TrainConfig and ModelConfig of the run
+    src.model tgt.model SentencePiece models (trained on the train split only)
+    data/              tokenized train, valid pairs; valid and test sources with all their references
+    checkpoints/       last.pt (resume) and best.pt (by valid BLEU)
+    metrics.jsonl      one line per log interval and per epoch
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+
+from s2s.data import BUNDLED_DATA, DataError, load_pairs, pad_batch, split_pairs, token_batches
+from s2s.evaluate import corpus_scores
+from s2s.model import ModelConfig, Seq2Seq, sequence_loss, shift_target
+from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_sentencepiece, train_sentencepiece
+from s2s.translator import DecodeConfig, TorchEngine, Translator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run_dir: str = "runs/eng-fra"  # everything the run writes goes here
+    data: str = str(BUNDLED_DATA)  # Parquet or TSV (with header) of sentence pairs
+    source_column: str = "en"
+    target_column: str = "fr"
+    model: ModelConfig = field(default_factory=ModelConfig)  # vocab sizes are set from the trained tokenizers
+    workers: int = 2  # Ray Train workers (DDP processes); may exceed the CPUs: each gets a fraction
+    cpus: float = 0  # CPUs the workers share; 0: every CPU of the Ray cluster
+    use_gpu: bool | None = None  # None: use GPUs when the Ray cluster has them (nccl), else CPU (gloo)
+    valid_frac: float = 0.02  # share of source sentences held out for validation ...
+    test_frac: float = 0.02  # ... and for the test split
+    max_len: int = 80  # training pairs with more subwords on either side are skipped (counted)
+    batch_tokens: int = 6000  # padded target tokens per optimizer step, over all workers
+    lr: float = 2e-3  # Adam peak learning rate
+    warmup_steps: int = 300  # linear warm-up, then linear decay to lr * min_lr_ratio at the last step
+    min_lr_ratio: float = 0.1
+    clip_norm: float = 1.0  # gradient clipping (global L2 norm)
+    label_smoothing: float = 0.1
+    epochs: int = 6  # upper bound on passes over the train split
+    max_steps: int = 0  # stop after this many optimizer steps (0: no bound)
+    max_minutes: float = 50.0  # stop training after this many minutes of the loop (0: no bound)
+    patience: int = 3  # stop after this many epochs without a better valid BLEU (0: never)
+    log_every: int = 50  # steps between progress lines
+    checkpoint_minutes: float = 10.0  # also save last.pt mid-epoch this often, so a kill loses little
+    seed: int = 1234
+    bf16: bool | None = None  # autocast to bfloat16; None: on GPU, and on CPUs with native bf16 (2x faster here)
+    resume: bool = False  # continue from checkpoints/last.pt instead of starting over
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.batch_tokens < self.max_len * self.workers:
+            raise ValueError(f"batch_tokens ({self.batch_tokens}) must hold at least one max_len pair per worker")
+        if not 0 < self.valid_frac + self.test_frac < 0.5:
+            raise ValueError("valid_frac + test_frac must be between 0 and 0.5")
+        for name in ("lr", "max_len", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.epochs < 1 or self.max_steps < 0 or self.max_minutes < 0 or self.patience < 0:
+            raise ValueError("epochs must be >= 1; max_steps, max_minutes and patience >= 0")
+
+
+# ---------------------------------------------------------------- data preparation (driver, once per run)
+
+
+def prepare(cfg: TrainConfig, vocab_sizes: tuple[int, int] = (8000, 8000)) -> ModelConfig:
+    """Split, train tokenizers, tokenize; write it all under run_dir. Reused as is when resuming."""
+    run = Path(cfg.run_dir)
+    done = run / "config.json"
+    if done.exists():
+        saved = json.loads(done.read_text())
+        if not cfg.resume:
+            raise FileExistsError(f"{run} already holds a run. Pass --resume to continue it, or choose another --run-dir.")
+        return ModelConfig(**saved["model"])
+    t0 = time.time()
+    pairs = load_pairs(cfg.data, cfg.source_column, cfg.target_column)
+    splits = split_pairs(pairs, cfg.valid_frac, cfg.test_frac)
+    if not splits.valid or not splits.test:
+        raise DataError(f"{cfg.data}: too few distinct source sentences ({len(set(pairs.src))}) for a valid and a test split")
+    src_sp = load_sentencepiece(train_sentencepiece(splits.train.src, run / "src.model", vocab_sizes[0]))
+    tgt_sp = load_sentencepiece(train_sentencepiece(splits.train.tgt, run / "tgt.model", vocab_sizes[1]))
+    src_ids = src_sp.encode(splits.train.src)
+    tgt_ids = tgt_sp.encode(splits.train.tgt)
+    keep = [i for i in range(len(src_ids)) if len(src_ids[i]) + 1 <= cfg.max_len and len(tgt_ids[i]) + 2 <= cfg.max_len]
+    too_long = len(src_ids) - len(keep)
+    (run / "data").mkdir(parents=True, exist_ok=True)
+    ids = pa.list_(pa.int32())
+    pq.write_table(
+        pa.table({"src_ids": pa.array([src_ids[i] + [EOS_ID] for i in keep], ids),
+                  "tgt_ids": pa.array([[BOS_ID] + tgt_ids[i] + [EOS_ID] for i in keep], ids)}),
+        run / "data" / "train.parquet",
+    )
+    for name, grouped in (("valid", splits.valid), ("test", splits.test)):
+        pq.write_table(pa.table({"src": [s for s, _ in grouped], "refs": [r for _, r in grouped]}), run / "data" / f"{name}.parquet")
+    valid_src = [s for s, refs in splits.valid for _ in refs]
+    valid_tgt = [r for _, refs in splits.valid for r in refs]
+    pq.write_table(
+        pa.table({"src_ids": pa.array([s + [EOS_ID] for s in src_sp.encode(valid_src)], ids),
+                  "tgt_ids": pa.array([[BOS_ID] + t + [EOS_ID] for t in tgt_sp.encode(valid_tgt)], ids)}),
+        run / "data" / "valid_pairs.parquet",
+    )
+    model_cfg = dataclasses.replace(cfg.model, src_vocab_size=src_sp.get_piece_size(), tgt_vocab_size=tgt_sp.get_piece_size())
+    stats = {"rows_skipped_empty": pairs.skipped, "train_pairs": len(keep), "train_pairs_skipped_too_long": too_long,
+             "valid_sources": len(splits.valid), "test_sources": len(splits.test), "prepare_seconds": round(time.time() - t0, 1)}
+    log.info("prepared %s", stats)
+    config = {"train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"}, "model": dataclasses.asdict(model_cfg), "data": stats}
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, done)
+    return model_cfg
+
+
+# ---------------------------------------------------------------- one optimizer step
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, src: torch.Tensor, src_lens: torch.Tensor,
+               tgt: torch.Tensor, label_smoothing: float, clip_norm: float, bf16: bool = False) -> tuple[float, float, int]:
+    """Forward, backward, clip and step on one worker's share of a batch -> (loss sum, nll sum, tokens).
+
+    The loss is divided by the target tokens of the whole batch across workers, times the world size,
+    because DDP averages gradients over workers: the result equals one worker on the whole batch.
+    """
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    dec_in, gold = shift_target(tgt)
+    n_tokens = (gold != PAD_ID).sum()
+    total = n_tokens.clone().float()
+    if world > 1:
+        dist.all_reduce(total)
+    with torch.autocast(device_type=src.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(src, src_lens, dec_in)
+    loss, nll, n = sequence_loss(logits, gold, PAD_ID, label_smoothing)
+    (loss * world / total.clamp(min=1)).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach()), float(nll), n
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        return max(cfg.min_lr_ratio, 1.0 - (1.0 - cfg.min_lr_ratio) * frac)
+    return f
+
+
+# ---------------------------------------------------------------- the loop every worker runs
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _agree(flag: bool, device: torch.device) -> bool:
+    """Rank 0's decision, shared by every worker (a stop must happen at the same step everywhere)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def _save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _load_ids(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    table = pq.read_table(path)
+    return ([np.asarray(x, dtype=np.int64) for x in table.column("src_ids").to_pylist()],
+            [np.asarray(x, dtype=np.int64) for x in table.column("tgt_ids").to_pylist()])
+
+
+def validate(model: Seq2Seq, run: Path, rank: int, world: int, device: torch.device, batch_tokens: int) -> dict:
+    """Valid loss/perplexity over all valid pairs and greedy BLEU/chrF against every reference.
+
+    Each worker takes its share; the sums and hypotheses are gathered so every worker sees the same result.
+    """
+    model.eval()
+    src, tgt = _load_ids(run / "data" / "valid_pairs.parquet")
+    batches = token_batches(np.array([len(s) for s in src]), np.array([len(t) for t in tgt]), batch_tokens, seed=0)
+    loss_sum = nll_sum = n_tok = 0.0
+    with torch.inference_mode():
+        for b in batches[rank::world]:
+            s, sl = pad_batch([src[i] for i in b], PAD_ID)
+            t, _ = pad_batch([tgt[i] for i in b], PAD_ID)
+            dec_in, gold = shift_target(t.to(device))
+            loss, nll, n = sequence_loss(model(s.to(device), sl.to(device), dec_in), gold, PAD_ID)
+            loss_sum, nll_sum, n_tok = loss_sum + float(loss), nll_sum + float(nll), n_tok + n
+    nll_sum, n_tok = _all_sum([nll_sum, n_tok], device)
+    valid = pq.read_table(run / "data" / "valid.parquet").to_pylist()
+    mine = list(range(rank, len(valid), world))
+    # decode on CPU: the step loop is latency-bound at these sizes
+    translator = Translator(TorchEngine(model if device.type == "cpu" else _cpu_copy(model)), load_sentencepiece(run / "src.model"),
+                            load_sentencepiece(run / "tgt.model"), DecodeConfig(beam_size=1))
+    hyps = [t.translation or "" for t in translator.translate([valid[i]["src"] for i in mine])]
+    gathered: list = [None] * world
+    if world > 1:
+        dist.all_gather_object(gathered, list(zip(mine, hyps)))
+    else:
+        gathered = [list(zip(mine, hyps))]
+    by_index = dict(pair for part in gathered for pair in part)
+    all_hyps = [by_index[i] for i in range(len(valid))]
+    scores = corpus_scores(all_hyps, [row["refs"] for row in valid])
+    model.train()
+    avg = nll_sum / max(n_tok, 1)
+    return {"valid_loss": round(avg, 4), "valid_ppl": round(math.exp(min(avg, 50)), 2), **{f"valid_{k}": v for k, v in scores.items()},
+            "samples": [{"src": valid[i]["src"], "hyp": all_hyps[i], "ref": valid[i]["refs"][0]} for i in range(min(3, len(valid)))]}
+
+
+def _cpu_copy(model: Seq2Seq) -> Seq2Seq:
+    copy = Seq2Seq(model.cfg)
+    copy.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return copy.eval()
+
+
+def fit(cfg: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = torch.device("cpu"),
+        report: Callable[[dict], None] | None = None) -> dict:
+    """The training loop of one worker. With world > 1 the process group must already be initialized."""
+    run = Path(cfg.run_dir)
+    saved = json.loads((run / "config.json").read_text())
+    model_cfg = ModelConfig(**saved["model"])
+    torch.manual_seed(cfg.seed)
+    model = Seq2Seq(model_cfg).to(device)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    src, tgt = _load_ids(run / "data" / "train.parquet")
+    src_lens, tgt_lens = np.array([len(s) for s in src]), np.array([len(t) for t in tgt])
+    steps_per_epoch = len(token_batches(src_lens, tgt_lens, cfg.batch_tokens, cfg.seed, world)) // world
+    total_steps = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    bf16 = cfg.bf16 if cfg.bf16 is not None else (device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+    ckpt_dir = run / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    state = {"epoch": 0, "batch": 0, "step": 0, "best_bleu": -1.0, "bad_epochs": 0, "train_seconds": 0.0}
+    if cfg.resume and (ckpt_dir / "last.pt").exists():
+        ckpt = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = ckpt["state"]
+        if rank == 0:
+            print(f"resumed from {ckpt_dir / 'last.pt'}: epoch {state['epoch']} batch {state['batch']} step {state['step']}", flush=True)
+
+    def checkpoint(path: Path, metrics: dict | None = None) -> None:
+        _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+               "state": dict(state), "model_config": dataclasses.asdict(model_cfg), "metrics": metrics}, path)
+
+    def log_line(record: dict) -> None:
+        if rank == 0:
+            with open(run / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    t_start = time.time() - state["train_seconds"]
+    t_ckpt = time.time()
+    last: dict = {}
+    stop = False
+    model.train()
+    while state["epoch"] < cfg.epochs and not stop:
+        batches = token_batches(src_lens, tgt_lens, cfg.batch_tokens, cfg.seed + state["epoch"], world)[rank::world]
+        acc = [0.0, 0.0, 0.0]  # loss, nll, tokens since the last progress line
+        t_int = time.time()
+        while state["batch"] < len(batches):
+            b = batches[state["batch"]]
+            s, sl = pad_batch([src[i] for i in b], PAD_ID)
+            t, _ = pad_batch([tgt[i] for i in b], PAD_ID)
+            loss, nll, n = train_step(ddp, optimizer, s.to(device), sl.to(device), t.to(device), cfg.label_smoothing, cfg.clip_norm, bf16)
+            scheduler.step()
+            state["batch"] += 1
+            state["step"] += 1
+            acc = [acc[0] + loss, acc[1] + nll, acc[2] + n]
+            if state["step"] % cfg.log_every == 0:
+                loss_sum, nll_sum, toks = _all_sum(acc, device)
+                elapsed = time.time() - t_start
+                last = {"kind": "train", "epoch": state["epoch"] + 1, "step": state["step"], "loss": round(loss_sum / toks, 4),
+                        "ppl": round(math.exp(min(nll_sum / toks, 50)), 2), "lr": scheduler.get_last_lr()[0],
+                        "tokens_per_s": round(toks / (time.time() - t_int)), "elapsed_s": round(elapsed, 1)}
+                if rank == 0:
+                    print(f"epoch {last['epoch']} step {last['step']}/{total_steps} loss {last['loss']:.3f} ppl {last['ppl']:.1f} "
+                          f"lr {last['lr']:.2e} {last['tokens_per_s']} tok/s elapsed {elapsed / 60:.1f} min", flush=True)
+                log_line(last)
+                acc, t_int = [0.0, 0.0, 0.0], time.time()
+            out_of_time = bool(cfg.max_minutes) and time.time() - t_start > cfg.max_minutes * 60
+            if _agree((cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time, device):
+                stop = True
+                break
+            if rank == 0 and time.time() - t_ckpt > cfg.checkpoint_minutes * 60:
+                state["train_seconds"] = time.time() - t_start
+                checkpoint(ckpt_dir / "last.pt")
+                t_ckpt = time.time()
+        # end of an epoch (or of the run): validate, keep the best, decide on early stopping
+        epoch_done = state["batch"] >= len(batches)
+        if epoch_done:
+            state["epoch"] += 1
+            state["batch"] = 0
+        metrics = validate(model, run, rank, world, device, cfg.batch_tokens)
+        samples = metrics.pop("samples")
+        state["train_seconds"] = time.time() - t_start
+        improved = metrics["valid_bleu"] > state["best_bleu"]
+        if improved:
+            state["best_bleu"], state["bad_epochs"] = metrics["valid_bleu"], 0
+        else:
+            state["bad_epochs"] += 1
+        record = {"kind": "epoch", "epoch": state["epoch"], "step": state["step"], "complete_epoch": epoch_done,
+                  "elapsed_s": round(state["train_seconds"], 1), "train_loss": last.get("loss"), **metrics, "best_bleu": state["best_bleu"]}
+        log_line(record)
+        if rank == 0:
+            print(f"validation after epoch {state['epoch']} step {state['step']}: loss {metrics['valid_loss']:.3f} "
+                  f"ppl {metrics['valid_ppl']:.1f} BLEU {metrics['valid_bleu']:.2f} chrF {metrics['valid_chrf']:.2f}"
+                  f"{' (best)' if improved else ''}", flush=True)
+            for smp in samples:
+                print(f"  {smp['src']!r} -> {smp['hyp']!r} (ref {smp['ref']!r})", flush=True)
+            checkpoint(ckpt_dir / "last.pt", record)
+            if improved:
+                checkpoint(ckpt_dir / "best.pt", record)
+        t_ckpt = time.time()
+        if report:
+            report({k: v for k, v in record.items() if isinstance(v, (int, float))})
+        if cfg.patience and state["bad_epochs"] >= cfg.patience:
+            if rank == 0:
+                print(f"early stop: no better valid BLEU for {cfg.patience} epochs", flush=True)
+            break
+    return {"best_bleu": state["best_bleu"], "epoch": state["epoch"], "step": state["step"], "train_seconds": round(state["train_seconds"], 1)}
+
+
+# ---------------------------------------------------------------- Ray: the adapter and the driver
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    torch.set_num_threads(config["threads"])
+    fit(config["cfg"], ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(), report=ray.train.report)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Prepare the run directory, then train on Ray Train (local Ray, or the cluster at RAY_ADDRESS)."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    model_cfg = prepare(cfg, (cfg.model.src_vocab_size, cfg.model.tgt_vocab_size))
+    run = Path(cfg.run_dir).resolve()
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING, log_to_driver=True)
+    resources = ray.cluster_resources()
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else resources.get("GPU", 0) > 0
+    cpus = cfg.cpus or resources.get("CPU", 1)
+    per_worker = min(1.0, cpus / cfg.workers) if not use_gpu else 1.0
+    threads = max(1, int(cpus // cfg.workers))
+    print(f"training {model_cfg} on {cfg.workers} worker(s), {'GPU/nccl' if use_gpu else 'CPU/gloo'}, "
+          f"{per_worker:g} CPU and {threads} thread(s) each; run dir {run}", flush=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": dataclasses.replace(cfg, run_dir=str(run)), "threads": threads},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": per_worker}),
+        run_config=RunConfig(storage_path=str(run / "ray"), name="train"),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    best = run / "checkpoints" / "best.pt"
+    summary = torch.load(best, map_location="cpu", weights_only=False)["metrics"] if best.exists() else {}
+    return {"run_dir": str(run), "best": summary, "last_metrics": result.metrics}

@@ -1,0 +1,157 @@
+"""Text in, text out: tokenization, length-sorted sub-batches, the search, and results in input order.
+
+The engine is anything with `encode(src_ids, src_lens) -> state` and `step(prev, state)`: `TorchEngine`
+below for evaluation, `s2s.export.runtime.OrtEngine` for the translate job. Both share this code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import sentencepiece as spm
+import torch
+
+from s2s.search import Hypothesis, State, beam_search, greedy_search
+from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    beam_size: int = 1  # 1 is greedy
+    length_penalty: float = 1.0  # beams ranked by score / length**length_penalty
+    nbest: int = 1  # hypotheses returned per input (<= beam_size)
+    max_length_a: float = 1.5  # output limit per sentence: a * src_len + b ...
+    max_length_b: int = 10
+    max_decoding_length: int = 256  # ... and never more than this
+    max_batch_tokens: int = 4096  # padded source tokens per sub-batch (rows x longest)
+    max_input_tokens: int = 250  # longer inputs are refused, or truncated if truncate_long_input
+    truncate_long_input: bool = False
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if not 1 <= self.nbest <= self.beam_size:
+            raise ValueError(f"nbest must be between 1 and beam_size ({self.beam_size}), got {self.nbest}")
+        if self.max_batch_tokens < self.max_input_tokens + 1:
+            raise ValueError(f"max_batch_tokens ({self.max_batch_tokens}) must exceed max_input_tokens ({self.max_input_tokens})")
+        if self.max_input_tokens < 1 or self.max_decoding_length < 1:
+            raise ValueError("max_input_tokens and max_decoding_length must be >= 1")
+
+
+@dataclass
+class Translation:
+    translation: str | None
+    score: float | None  # sum of token log-probabilities of the best hypothesis
+    src_tokens: int
+    tgt_tokens: int
+    nbest: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+    tokens: list[int] = field(default_factory=list)  # target ids of the best hypothesis
+
+
+class Engine(Protocol):
+    def encode(self, src_ids: np.ndarray, src_lens: np.ndarray) -> State: ...
+    def step(self, prev: np.ndarray, state: State) -> tuple[np.ndarray, State]: ...
+
+
+class TorchEngine:
+    """The PyTorch model as a step function (evaluation, the export parity gate, benchmarks)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.eval()
+
+    @torch.inference_mode()
+    def encode(self, src_ids: np.ndarray, src_lens: np.ndarray) -> State:
+        memory, mask, h, c, feed = self.model.encode(torch.from_numpy(src_ids), torch.from_numpy(src_lens))
+        return {"h": h, "c": c, "feed": feed, "memory": memory, "mask": mask}
+
+    @torch.inference_mode()
+    def step(self, prev: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        lp, h, c, feed, _ = self.model.decode_step(torch.from_numpy(prev), state["h"], state["c"], state["feed"], state["memory"], state["mask"])
+        return lp.numpy(), {**state, "h": h, "c": c, "feed": feed}
+
+
+def check_text(text: Any) -> str | None:
+    """Why a row cannot be translated, or None if it can."""
+    if text is None:
+        return "null text"
+    if not isinstance(text, str):
+        return f"text is {type(text).__name__}, not a string"
+    if not text.strip():
+        return "empty or whitespace-only text"
+    return None
+
+
+class Translator:
+    def __init__(self, engine: Engine, src_sp: spm.SentencePieceProcessor, tgt_sp: spm.SentencePieceProcessor, config: DecodeConfig = DecodeConfig()):
+        self.engine, self.src_sp, self.tgt_sp, self.config = engine, src_sp, tgt_sp, config
+
+    def encode_source(self, text: str) -> tuple[list[int] | None, str | None]:
+        """Source ids with EOS, or an error saying why not (too long and not truncating)."""
+        ids = self.src_sp.encode(text.strip())
+        limit = self.config.max_input_tokens
+        if len(ids) > limit:
+            if not self.config.truncate_long_input:
+                return None, f"input has {len(ids)} tokens, over max_input_tokens={limit} (truncate or raise the limit)"
+            ids = ids[:limit]
+        return ids + [EOS_ID], None
+
+    def translate(self, texts: list[Any]) -> list[Translation]:
+        """Translate a list of texts; results come back in input order, bad rows with an `error`.
+
+        Identical texts are decoded once. Inputs are sorted by length and cut into sub-batches of at
+        most `max_batch_tokens` padded source tokens.
+        """
+        results: list[Translation | None] = [None] * len(texts)
+        unique: dict[str, list[int]] = {}  # text -> row positions
+        for i, text in enumerate(texts):
+            err = check_text(text)
+            if err:
+                results[i] = Translation(None, None, 0, 0, error=err)
+            else:
+                unique.setdefault(text, []).append(i)
+        encoded = []
+        for text, rows in unique.items():
+            ids, err = self.encode_source(text)
+            if err:
+                for r in rows:
+                    results[r] = Translation(None, None, len(self.src_sp.encode(text)), 0, error=err)
+            else:
+                encoded.append((ids, rows))
+        encoded.sort(key=lambda e: len(e[0]))
+        for chunk in self._chunks(encoded):
+            for (ids, rows), t in zip(chunk, self._decode([ids for ids, _ in chunk])):
+                for r in rows:
+                    results[r] = t
+        return results  # type: ignore[return-value]
+
+    def _chunks(self, encoded: list):
+        chunk: list = []
+        for item in encoded:  # sorted by length, so the last item is the longest
+            if chunk and len(item[0]) * (len(chunk) + 1) > self.config.max_batch_tokens:
+                yield chunk
+                chunk = []
+            chunk.append(item)
+        if chunk:
+            yield chunk
+
+    def _decode(self, batch_ids: list[list[int]]) -> list[Translation]:
+        cfg = self.config
+        lens = np.asarray([len(s) for s in batch_ids], dtype=np.int64)
+        src = np.full((len(batch_ids), int(lens.max())), PAD_ID, dtype=np.int64)
+        for i, s in enumerate(batch_ids):
+            src[i, : len(s)] = s
+        max_len = np.minimum(cfg.max_length_a * lens + cfg.max_length_b, cfg.max_decoding_length).astype(np.int64)
+        state = self.engine.encode(src, lens)
+        if cfg.beam_size == 1:
+            nbests = [[h] for h in greedy_search(self.engine.step, state, len(batch_ids), BOS_ID, EOS_ID, max_len)]
+        else:
+            nbests = beam_search(self.engine.step, state, len(batch_ids), BOS_ID, EOS_ID, max_len, cfg.beam_size, cfg.length_penalty, cfg.nbest)
+        out = []
+        for src_len, hyps in zip(lens, nbests):
+            best: Hypothesis = hyps[0]
+            texts = [(self.tgt_sp.decode(h.tokens), h.score) for h in hyps]
+            out.append(Translation(texts[0][0], best.score, int(src_len) - 1, len(best.tokens), texts if cfg.nbest > 1 else [], None, best.tokens))
+        return out
