@@ -16,23 +16,29 @@ def train_sentencepiece(sentences: list[str], model_path: str | Path, vocab_size
     The vocabulary may come out smaller than asked for on a tiny corpus instead of failing.
     """
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="unigram",
-        character_coverage=1.0,
-        byte_fallback=True,
-        hard_vocab_limit=False,
-        pad_id=PAD_ID,
-        unk_id=UNK_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        input_sentence_size=2_000_000,
-        shuffle_input_sentence=False,  # the whole train split fits: no sampling, same model every time
-        num_threads=2,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type="unigram",
+            character_coverage=1.0,
+            byte_fallback=True,
+            hard_vocab_limit=False,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            input_sentence_size=2_000_000,
+            shuffle_input_sentence=False,  # the whole train split fits: no sampling, same model every time
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        if "Vocabulary size is smaller than required_chars" in str(e):
+            raise ValueError(f"vocabulary size {vocab_size} is too small for {Path(model_path).name}: byte fallback needs "
+                             f"256 byte pieces plus every character of the corpus ({e}). Raise --src/--tgt-vocab-size.") from e
+        raise
     path = Path(model_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.getvalue())

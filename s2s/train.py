@@ -252,7 +252,8 @@ def fit(cfg: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     src, tgt = _load_ids(run / "data" / "train.parquet")
     src_lens, tgt_lens = np.array([len(s) for s in src]), np.array([len(t) for t in tgt])
-    steps_per_epoch = len(token_batches(src_lens, tgt_lens, cfg.batch_tokens, cfg.seed, world)) // world
+    per_worker_tokens = cfg.batch_tokens // world  # batch_tokens is the whole step, over all workers
+    steps_per_epoch = len(token_batches(src_lens, tgt_lens, per_worker_tokens, cfg.seed, world)) // world
     total_steps = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
     bf16 = cfg.bf16 if cfg.bf16 is not None else (device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -284,7 +285,7 @@ def fit(cfg: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = 
     stop = False
     model.train()
     while state["epoch"] < cfg.epochs and not stop:
-        batches = token_batches(src_lens, tgt_lens, cfg.batch_tokens, cfg.seed + state["epoch"], world)[rank::world]
+        batches = token_batches(src_lens, tgt_lens, per_worker_tokens, cfg.seed + state["epoch"], world)[rank::world]
         acc = [0.0, 0.0, 0.0]  # loss, nll, tokens since the last progress line
         t_int = time.time()
         while state["batch"] < len(batches):

@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny real corpus (Tatoeba rows) and a tiny trained run, made once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from s2s.data import BUNDLED_DATA
+
+torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """1,500 short real English-French pairs from the bundled data, with their French variants."""
+    table = pq.read_table(BUNDLED_DATA)
+    en = table.column("en").to_pylist()
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(np.flatnonzero([len(s.split()) <= 6 for s in en]), 1500, replace=False))
+    path = tmp_path_factory.mktemp("corpus") / "pairs.parquet"
+    pq.write_table(table.take(pa.array(idx)), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(small_corpus, tmp_path_factory) -> Path:
+    """A run directory with a small model trained for a few steps in-process (no Ray)."""
+    from s2s.model import ModelConfig
+    from s2s.train import TrainConfig, fit, prepare
+
+    run = tmp_path_factory.mktemp("run") / "tiny"
+    cfg = TrainConfig(run_dir=str(run), data=str(small_corpus), model=ModelConfig(emb_dim=32, hidden_size=64, dropout=0.0),
+                      workers=1, batch_tokens=1500, epochs=1, max_steps=30, max_minutes=0, log_every=10, valid_frac=0.1, test_frac=0.1,
+                      warmup_steps=10, bf16=False)
+    prepare(cfg, (500, 500))
+    fit(cfg)
+    return run

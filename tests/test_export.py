@@ -1,0 +1,101 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from s2s.evaluate import load_model
+from s2s.export.convert import ExportConfig, ParityError, export_run
+from s2s.export.runtime import ModelDirError, OrtEngine, load_model_dir, load_translator, sha256
+from s2s.search import beam_search, greedy_search
+from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from s2s.translator import TorchEngine
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    export_run(tiny_run, out, ExportConfig(quantize="int8"))
+    return out
+
+
+def _random_batch(rng, batch, max_len, vocab):
+    lens = rng.integers(1, max_len + 1, batch)
+    lens[0] = max_len
+    src = np.full((batch, max_len), PAD_ID, dtype=np.int64)
+    for i, n in enumerate(lens):
+        src[i, :n] = np.append(rng.integers(4, vocab, n - 1), EOS_ID)
+    return src, lens.astype(np.int64)
+
+
+@pytest.mark.parametrize("batch,max_len", [(1, 1), (1, 23), (7, 9), (37, 31), (64, 4)])
+def test_parity_on_fresh_random_inputs(tiny_run, model_dir, batch, max_len):
+    model, _ = load_model(tiny_run / "checkpoints" / "best.pt")
+    ref, ort_engine = TorchEngine(model), OrtEngine(load_model_dir(model_dir), "fp32", "cpu")
+    rng = np.random.default_rng()  # fresh inputs every run
+    src, lens = _random_batch(rng, batch, max_len, model.cfg.src_vocab_size)
+    s_ref, s_ort = ref.encode(src, lens), ort_engine.encode(src, lens)
+    for k in s_ref:
+        np.testing.assert_allclose(s_ort[k], s_ref[k].numpy(), atol=1e-5, err_msg=k)
+    prev = np.full(batch, BOS_ID)
+    for _ in range(6):  # several steps, feeding both the same random tokens
+        lp_ref, s_ref = ref.step(prev, s_ref)
+        lp_ort, s_ort = ort_engine.step(prev, s_ort)
+        assert np.abs(lp_ref - lp_ort).max() <= 1e-4
+        prev = rng.integers(4, model.cfg.tgt_vocab_size, batch)
+    max_out = 2 * lens + 5
+    g_ref = greedy_search(ref.step, ref.encode(src, lens), batch, BOS_ID, EOS_ID, max_out)
+    g_ort = greedy_search(ort_engine.step, ort_engine.encode(src, lens), batch, BOS_ID, EOS_ID, max_out)
+    assert [h.tokens for h in g_ref] == [h.tokens for h in g_ort]
+    b_ort = beam_search(ort_engine.step, ort_engine.encode(src, lens), batch, BOS_ID, EOS_ID, max_out, beam_size=1)
+    assert [h[0].tokens for h in b_ort] == [h.tokens for h in g_ort]
+
+
+def test_manifest_records_what_a_user_needs(model_dir):
+    m = json.loads((model_dir / "manifest.json").read_text())
+    assert m["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+    assert m["vocab_sizes"]["src"] == m["model_config"]["src_vocab_size"]
+    assert set(m["files"]) == {p.name for p in model_dir.iterdir()} - {"manifest.json"}
+    assert all(sha256(model_dir / f) == h for f, h in m["files"].items())
+    assert m["parity"]["passed"] and m["parity"]["batch_sizes"] == [1, 37]
+    assert m["parity"]["greedy"]["divergent"] == 0 and m["parity"]["max_abs_logprob_diff"] <= 1e-4
+    assert {"torch", "onnx", "sentencepiece"} <= set(m["versions"]) and m["opset"] == 18
+    assert m["training"]["metrics"]["valid_bleu"] is not None
+    fp32, int8 = m["variants"]["fp32"]["valid_bleu"], m["variants"]["int8"]["valid_bleu"]
+    assert m["default_cpu_variant"] == ("int8" if fp32 - int8 <= 0.5 else "fp32")
+
+
+def test_translator_over_the_model_dir(model_dir):
+    translator = load_translator(model_dir, variant="fp32", device="cpu")
+    out = translator.translate(["I like cats.", None, "", "I like cats."])
+    assert out[0].translation is not None and out[0].error is None and out[0].score < 0
+    assert out[1].error == "null text" and out[2].error == "empty or whitespace-only text"
+    assert out[3] is out[0]  # identical sources decoded once
+
+
+def test_changed_byte_is_refused_naming_the_file(model_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    data = bytearray((bad / "decoder_step.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bad / "decoder_step.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelDirError, match=r"decoder_step\.onnx: SHA-256 does not match"):
+        load_model_dir(bad)
+    (bad / "manifest.json").unlink()
+    with pytest.raises(ModelDirError, match=r"manifest\.json: missing"):
+        load_model_dir(bad)
+    with pytest.raises(ModelDirError, match="no such model directory"):
+        load_model_dir(tmp_path / "nothing")
+
+
+def test_failed_gate_writes_no_model_dir(tiny_run, tmp_path):
+    out = tmp_path / "strict"
+    with pytest.raises(ParityError, match="parity gate failed.*No model directory"):
+        export_run(tiny_run, out, ExportConfig(tolerance=1e-12, parity_sentences=20))
+    assert not out.exists() and not list(tmp_path.glob(".strict*"))
+
+
+def test_export_refuses_to_overwrite(tiny_run, model_dir):
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_run(tiny_run, model_dir, ExportConfig())
