@@ -78,7 +78,7 @@ def export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, out_dir:
         dims = {"batch": batch, "src_len": src_len}
         shapes = {n: {ax: dims[d] for ax, d in axes.items()} for n, axes in spec.inputs.items()}
         torch.onnx.export(module, args, str(path), input_names=names_in, output_names=names_out, opset_version=opset,
-                          dynamo=True, dynamic_shapes=shapes, external_data=False, optimize=True)
+                          dynamo=True, dynamic_shapes=shapes, external_data=False, optimize=True, verbose=False)
     else:
         torch.onnx.export(module, args, str(path), input_names=names_in, output_names=names_out, opset_version=opset,
                           dynamo=False, dynamic_axes={**spec.inputs, **spec.outputs}, do_constant_folding=True)

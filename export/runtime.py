@@ -65,16 +65,47 @@ def load_model_dir(path: str | Path, verify: bool = True) -> ModelDir:
     return ModelDir(path, manifest)
 
 
-def choose_providers(device: str) -> list[str]:
-    """onnxruntime providers for `device` ('auto', 'cpu' or 'cuda'); 'cuda' fails at once where CUDA cannot load."""
+def cuda_available() -> tuple[bool, str]:
+    """Whether onnxruntime's CUDA provider can load here, and why not; checked without creating a session.
+
+    onnxruntime-gpu lists the CUDA provider as available even on machines with no GPU or CUDA libraries,
+    and a session asked for it then logs load errors and falls back to the CPU. So: look for the driver,
+    then try to load the provider library itself (which pulls in CUDA and cuDNN).
+    """
+    import ctypes
+
     import onnxruntime as ort
 
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False, "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False, "no NVIDIA driver (libcuda.so.1 not found)"
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels, where those are installed
+        except Exception:  # noqa: BLE001 - the load below says what is missing
+            pass
+    capi = Path(ort.__file__).parent / "capi"
+    try:
+        ctypes.CDLL(str(capi / "libonnxruntime_providers_shared.so"), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(str(capi / "libonnxruntime_providers_cuda.so"))
+    except OSError as e:
+        return False, f"the CUDA provider cannot load: {e}"
+    return True, ""
+
+
+def choose_providers(device: str) -> list[str]:
+    """onnxruntime providers for `device` ('auto', 'cpu' or 'cuda'); 'cuda' fails at once where CUDA cannot load."""
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    available = ort.get_available_providers()
-    if device == "cpu" or "CUDAExecutionProvider" not in available:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    ok, why = cuda_available()
+    if not ok:
         if device == "cuda":
-            raise RuntimeError(f"--device cuda: this onnxruntime has no CUDA provider (available: {available}). Install onnxruntime-gpu.")
+            raise RuntimeError(f"--device cuda: {why}. Use --device cpu or auto, or fix the CUDA install.")
         return ["CPUExecutionProvider"]
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 

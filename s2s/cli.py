@@ -92,7 +92,7 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
     out: Annotated[Path, typer.Option(help="Model directory to write.")] = Path("models/eng-fra"),
     quantize: Annotated[Optional[str], typer.Option(help="int8: add an onnxruntime dynamic-quantized variant.")] = None,
-    exporter: Annotated[str, typer.Option(help="torch.onnx exporter: torchscript or dynamo.")] = "torchscript",
+    exporter: Annotated[str, typer.Option(help="torch.onnx exporter: torchscript or dynamo (fp32 only).")] = "torchscript",
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     parity_sentences: Annotated[int, typer.Option(help="Held-out sentences the parity gate decodes.")] = 200,
     tolerance: Annotated[float, typer.Option(help="Max |delta log-prob| per step between PyTorch and onnxruntime.")] = 1e-4,
@@ -115,7 +115,59 @@ def export(
                f"CPU default variant {manifest['default_cpu_variant']}")
 
 
+@app.command()
+def translate(
+    input: Annotated[str, typer.Argument(help="Parquet file, folder of shards, or glob; local or s3://, gs://.")],
+    output: Annotated[Optional[str], typer.Option(help="Output folder (default: outputs/<input name>).")] = None,
+    model: Annotated[str, typer.Option(help="Exported model directory.")] = "models/eng-fra",
+    text_column: Annotated[str, typer.Option(help="Column with the text to translate.")] = "text",
+    id_column: Annotated[Optional[str], typer.Option(help="Column with row ids (default: add row_id = file#row).")] = None,
+    beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = 4,
+    nbest: Annotated[int, typer.Option(help="Hypotheses per row; > 1 adds an nbest list column.")] = 1,
+    length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = 1.0,
+    max_batch_tokens: Annotated[int, typer.Option(help="Padded source tokens per decoding sub-batch.")] = 4096,
+    max_input_tokens: Annotated[int, typer.Option(help="Longer inputs are refused (or truncated with --truncate).")] = 250,
+    truncate: Annotated[bool, typer.Option(help="Truncate inputs over --max-input-tokens instead of refusing them.")] = False,
+    max_decoding_length: Annotated[int, typer.Option(help="Hard cap on output tokens.")] = 256,
+    actors: Annotated[int, typer.Option(help="Translate actors (0: as many as fit, leaving room for I/O tasks).")] = 0,
+    cpus_per_actor: Annotated[float, typer.Option(help="CPUs per actor (also its onnxruntime threads).")] = 1.0,
+    gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor.")] = 0.0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (cuda fails at once if it cannot load).")] = "auto",
+    variant: Annotated[str, typer.Option(help="Model variant: fp32, int8, or auto (the model's CPU default).")] = "auto",
+    rows_per_shard: Annotated[int, typer.Option(help="Rows per unit of work and output shard.")] = 2000,
+    max_error_rate: Annotated[float, typer.Option(help="Exit 1 when more than this share of rows has an error.")] = 0.05,
+    overwrite: Annotated[bool, typer.Option(help="Empty a non-empty output folder first.")] = False,
+    resume: Annotated[bool, typer.Option(help="Finish an earlier run in the output folder; committed shards are kept.")] = False,
+) -> None:
+    """Translate a Parquet corpus with onnxruntime in Ray Data actors; write Parquet shards and run.json."""
+    from s2s.export.runtime import ModelDirError
+    from s2s.translate import JobError, TranslateConfig, run_translate
+    from s2s.translator import DecodeConfig
+
+    try:
+        decode = DecodeConfig(beam_size=beam_size, nbest=nbest, length_penalty=length_penalty, max_batch_tokens=max_batch_tokens,
+                              max_input_tokens=max_input_tokens, truncate_long_input=truncate, max_decoding_length=max_decoding_length)
+        out = output or str(Path("outputs") / Path(input.rstrip("/")).stem.replace("*", "all"))
+        cfg = TranslateConfig(input=input, output=out, model=model, text_column=text_column, id_column=id_column, decode=decode,
+                              actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, device=device,
+                              variant=variant, rows_per_shard=rows_per_shard, max_error_rate=max_error_rate,
+                              overwrite=overwrite, resume=resume)
+        summary = run_translate(cfg)
+    except (JobError, ModelDirError, ValueError, RuntimeError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(f"{summary['rows']} rows, {summary['errors']} errors ({summary['error_rate']:.2%}), "
+               f"{summary['sentences_per_s']} sentences/s, {summary['tokens_per_s']} tokens/s, "
+               f"provider {', '.join(summary['providers']) or 'none (nothing to do)'}, {summary['wall_seconds']} s; run.json in {cfg.output}")
+    if summary["error_rate"] > cfg.max_error_rate:
+        _fail(f"error rate {summary['error_rate']:.2%} is over --max-error-rate {cfg.max_error_rate:.2%}", code=1)
+
+
 def main() -> None:  # pragma: no cover
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("s2s").setLevel(logging.INFO)
     app()
+
+
+if __name__ == "__main__":  # python -m s2s.cli
+    main()

@@ -45,12 +45,11 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     Written with gather rather than packed sequences so that training and both ONNX exporters run the
     same graph: the backward direction then never reads padding before real tokens.
     """
-    S = x.size(1)
-    t = torch.arange(S, device=x.device).unsqueeze(0)  # (1, S)
+    t = torch.arange(x.size(1), device=x.device).unsqueeze(0)  # (1, S)
     last = lengths.unsqueeze(1) - 1  # (B, 1)
     idx = torch.where(t <= last, last - t, t)  # (B, S)
-    idx = idx.view(idx.size(0), S, *([1] * (x.dim() - 2))).expand_as(x)
-    return x.gather(1, idx)
+    rows = torch.arange(x.size(0), device=x.device).unsqueeze(1)  # (B, 1)
+    return x[rows, idx]  # advanced indexing, not expand+gather: the dynamo exporter baked expand's shape in
 
 
 class Seq2Seq(nn.Module):
@@ -81,8 +80,9 @@ class Seq2Seq(nn.Module):
                 x = self.drop(x)
         memory = x * mask.unsqueeze(-1).to(x.dtype)  # (B, S, H), zeros on padding
         # decoder starts from the final hidden state of each direction: forward at len-1, backward at 0
-        last = (src_lens - 1).view(-1, 1, 1).expand(-1, 1, memory.size(2))
-        h_last = torch.cat([memory.gather(1, last)[:, 0, : memory.size(2) // 2], memory[:, 0, memory.size(2) // 2 :]], dim=-1)
+        half = memory.size(2) // 2
+        at_end = memory[torch.arange(memory.size(0), device=memory.device), src_lens - 1]  # (B, H)
+        h_last = torch.cat([at_end[:, :half], memory[:, 0, half:]], dim=-1)  # (B, H)
         L = len(self.cells)
         h0 = h_last.unsqueeze(1).expand(-1, L, -1).contiguous()  # (B, L, H)
         c0 = torch.zeros_like(h0)  # (B, L, H)

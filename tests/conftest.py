@@ -41,3 +41,26 @@ def tiny_run(small_corpus, tmp_path_factory) -> Path:
     prepare(cfg, (500, 500))
     fit(cfg)
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run exported to ONNX, with an int8 variant."""
+    from s2s.export.convert import ExportConfig, export_run
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    export_run(tiny_run, out, ExportConfig(quantize="int8"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus_300(tiny_run, tmp_path_factory) -> Path:
+    """300 real English rows with a pass-through column and three bad rows (null, blank, 400 words)."""
+    texts = []
+    for split in ("valid", "test"):
+        texts += pq.read_table(tiny_run / "data" / f"{split}.parquet").column("src").to_pylist()
+    texts = (texts * 3)[:300]
+    texts[5], texts[7], texts[9] = None, "   ", " ".join(["word"] * 400)
+    path = tmp_path_factory.mktemp("in") / "corpus.parquet"
+    pq.write_table(pa.table({"text": texts, "keep": list(range(300))}), path, row_group_size=64)
+    return path

@@ -14,10 +14,8 @@ from s2s.translator import TorchEngine
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("models") / "tiny"
-    export_run(tiny_run, out, ExportConfig(quantize="int8"))
-    return out
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def _random_batch(rng, batch, max_len, vocab):
@@ -99,3 +97,10 @@ def test_failed_gate_writes_no_model_dir(tiny_run, tmp_path):
 def test_export_refuses_to_overwrite(tiny_run, model_dir):
     with pytest.raises(FileExistsError, match="--overwrite"):
         export_run(tiny_run, model_dir, ExportConfig())
+
+
+def test_dynamo_exporter_also_passes_the_gate(tiny_run, tmp_path):
+    manifest = export_run(tiny_run, tmp_path / "dyn", ExportConfig(exporter="dynamo", parity_sentences=40))
+    assert manifest["exporter"] == "dynamo" and manifest["parity"]["passed"]
+    with pytest.raises(ValueError, match="torchscript"):
+        ExportConfig(exporter="dynamo", quantize="int8")

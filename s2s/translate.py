@@ -1,0 +1,362 @@
+"""`s2s-job translate`: Parquet in, Parquet out, on Ray Data with onnxruntime actors. Every row exactly once.
+
+The driver lists the input files and cuts them into units (row ranges of one file), then wires
+
+    from_items(units) -> map_batches(read_unit)           tasks: pyarrow reads the rows, adds the id
+                      -> map_batches(TranslateBatch)      actor pool: loads the model once, translates
+                      -> map_batches(commit_shard)        tasks: write part-<unit>.parquet atomically
+
+Why not `read_parquet`/`write_parquet`: the default id needs each row's position in its file, which
+`read_parquet` does not give, and exactly-once needs one output file per input unit committed with a
+rename, which `write_parquet` does not do. A committed part file is the record that its unit is done,
+so `--resume` skips it and a killed run never leaves half a shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from s2s.translator import DecodeConfig
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ("translation", "score", "src_tokens", "tgt_tokens", "error")
+JOB_FILE = "_job.json"
+RUN_FILE = "run.json"
+
+
+class JobError(ValueError):
+    """A run that cannot start: the message names the input, column or directory and what to do."""
+
+
+@dataclass(frozen=True)
+class TranslateConfig:
+    input: str  # a Parquet file, a folder of shards, or a glob; local or any pyarrow URI (s3://, gs://)
+    output: str  # folder for the output shards and run.json
+    model: str = "models/eng-fra"  # exported model directory
+    text_column: str = "text"
+    id_column: str | None = None  # None: add `row_id` = "<file>#<row>"
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    actors: int = 0  # 0: as many as fit while leaving room for the read and write tasks
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    device: str = "auto"  # auto, cpu or cuda (cuda fails at once where it cannot load)
+    variant: str = "auto"  # fp32, int8, or the model's CPU default
+    rows_per_shard: int = 2000  # one unit of work, output file and resume step
+    max_error_rate: float = 0.05  # exit nonzero past this share of rows with an error
+    overwrite: bool = False
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.overwrite and self.resume:
+            raise ValueError("--overwrite and --resume contradict each other; pass one")
+        if self.rows_per_shard < 1 or self.actors < 0 or self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
+            raise ValueError("rows_per_shard >= 1, actors >= 0, cpus_per_actor > 0 and gpus_per_actor >= 0 are required")
+        if not 0 <= self.max_error_rate <= 1:
+            raise ValueError(f"max_error_rate must be between 0 and 1, got {self.max_error_rate}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+# ---------------------------------------------------------------- inputs and units (driver)
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def list_inputs(spec: str) -> tuple[pafs.FileSystem, list[str]]:
+    """The Parquet files named by a file, a folder (searched recursively) or a glob, sorted."""
+    fs, path = _filesystem(spec)
+    if any(ch in path for ch in "*?["):
+        base = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0] or "/"
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path))
+    else:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise JobError(f"{spec}: no such input. Pass a Parquet file, a folder of shards or a glob.")
+        if info.type == pafs.FileType.File:
+            files = [path]
+        else:
+            infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+                           and not any(part.startswith(("_", ".")) for part in Path(i.path).relative_to(path).parts))
+    if not files:
+        raise JobError(f"{spec}: no Parquet files found there.")
+    return fs, files
+
+
+def plan_units(fs: pafs.FileSystem, files: list[str], cfg: TranslateConfig) -> tuple[list[dict], list[str]]:
+    """Check every file's footer (readable, has the columns) and cut it into row ranges."""
+    units, columns = [], None
+    for f in files:
+        try:
+            with fs.open_input_file(f) as handle:
+                meta = pq.ParquetFile(handle)
+                names, n_rows = meta.schema_arrow.names, meta.metadata.num_rows
+        except (pa.ArrowInvalid, OSError) as e:
+            raise JobError(f"{f}: not a readable Parquet file ({e}). Fix or remove it, then run again.") from e
+        for col in (cfg.text_column, cfg.id_column):
+            if col and col not in names:
+                raise JobError(f"{f}: no column {col!r}; it has {names}. Name the right one with "
+                               f"{'--text-column' if col == cfg.text_column else '--id-column'}.")
+        if not cfg.id_column and "row_id" in names:
+            raise JobError(f"{f}: already has a column 'row_id'; pass --id-column row_id to use it as the id.")
+        columns = columns or names
+        key = hashlib.sha1(f.encode()).hexdigest()[:12]
+        for start in range(0, n_rows, cfg.rows_per_shard):
+            units.append({"path": f, "start": start, "stop": min(n_rows, start + cfg.rows_per_shard),
+                          "name": f"part-{key}-{start:010d}.parquet", "file_label": Path(f).name})
+    return units, columns or []
+
+
+# ---------------------------------------------------------------- the three stages (Ray tasks and actors)
+
+
+def read_unit(batch: pa.Table, text_column: str, id_column: str | None) -> pa.Table:
+    """Read the rows of each unit in `batch`; tag them with the unit and a stable id."""
+    tables = []
+    for unit in batch.to_pylist():
+        fs, path = _filesystem(unit["path"])
+        with fs.open_input_file(path) as handle:
+            pf = pq.ParquetFile(handle)
+            parts, offset = [], 0
+            for rg in range(pf.num_row_groups):
+                n = pf.metadata.row_group(rg).num_rows
+                if offset + n > unit["start"] and offset < unit["stop"]:
+                    t = pf.read_row_group(rg)
+                    parts.append(t.slice(max(0, unit["start"] - offset), unit["stop"] - max(offset, unit["start"])))
+                offset += n
+        table = pa.concat_tables(parts) if parts else pa.table({})
+        if not id_column:
+            table = table.append_column("row_id", pa.array([f"{unit['file_label']}#{i}" for i in range(unit["start"], unit["stop"])]))
+        tables.append(table.append_column("_unit", pa.array([unit["name"]] * table.num_rows)))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+class TranslateBatch:
+    """Ray Data actor: loads the model directory once, then translates whole units."""
+
+    def __init__(self, model: str, text_column: str, decode: DecodeConfig, variant: str, device: str, threads: int):
+        from s2s.export.runtime import load_translator
+
+        logging.basicConfig(level=logging.INFO)
+        self.translator = load_translator(model, decode, variant, device, threads)
+        self.text_column, self.nbest = text_column, decode.nbest
+        print(f"translate actor pid {os.getpid()}: onnxruntime provider {self.translator.engine.provider}, "
+              f"variant {self.translator.engine.variant}, {threads} thread(s)", flush=True)
+        _fault_hook("init")
+
+    def _safe_translate(self, texts: list) -> list:
+        """Translate; where a batch raises, split it until the failing rows are found and flagged."""
+        from s2s.translator import Translation
+
+        try:
+            return self.translator.translate(texts)
+        except Exception as e:  # noqa: BLE001 - one bad row must not cost the others
+            if len(texts) == 1:
+                return [Translation(None, None, 0, 0, error=f"{type(e).__name__}: {e}")]
+            mid = len(texts) // 2
+            return self._safe_translate(texts[:mid]) + self._safe_translate(texts[mid:])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        _fault_hook("call")
+        t0 = time.time()
+        results = self._safe_translate(batch.column(self.text_column).to_pylist())
+        out = batch
+        for name, typ, values in (
+            ("translation", pa.string(), [r.translation for r in results]),
+            ("score", pa.float64(), [r.score for r in results]),
+            ("src_tokens", pa.int32(), [r.src_tokens for r in results]),
+            ("tgt_tokens", pa.int32(), [r.tgt_tokens for r in results]),
+            ("error", pa.string(), [r.error for r in results]),
+        ):
+            out = out.append_column(name, pa.array(values, typ))
+        if self.nbest > 1:
+            nbest_type = pa.list_(pa.struct([("translation", pa.string()), ("score", pa.float64())]))
+            out = out.append_column("nbest", pa.array([[{"translation": t, "score": s} for t, s in r.nbest] for r in results], nbest_type))
+        seconds = pa.array([time.time() - t0] * out.num_rows, pa.float64())
+        provider = pa.array([self.translator.engine.provider] * out.num_rows)
+        return out.append_column("_seconds", seconds).append_column("_provider", provider)
+
+
+def commit_shard(batch: pa.Table, output: str) -> pa.Table:
+    """Write each unit's rows to part-<unit>.parquet via a temporary name and a rename; return its stats."""
+    fs, out = _filesystem(output)
+    stats = []
+    for name in sorted(set(batch.column("_unit").to_pylist())):
+        rows = batch.filter(pc.equal(batch.column("_unit"), name))
+        seconds, provider = rows.column("_seconds")[0].as_py(), rows.column("_provider")[0].as_py()
+        rows = rows.drop_columns(["_unit", "_seconds", "_provider"])
+        tmp = f"{out}/_tmp-{uuid.uuid4().hex}-{name}"
+        with fs.open_output_stream(tmp) as sink:
+            pq.write_table(rows, sink, compression="zstd")
+        fs.move(tmp, f"{out}/{name}")
+        errors = rows.column("error").to_pylist()
+        stats.append({"unit": name, "rows": rows.num_rows, "errors": sum(e is not None for e in errors),
+                      "src_tokens": int(pc.sum(rows.column("src_tokens")).as_py() or 0),
+                      "tgt_tokens": int(pc.sum(rows.column("tgt_tokens")).as_py() or 0),
+                      "translate_seconds": seconds, "provider": provider,
+                      "error_kinds": json.dumps(_error_kinds(errors))})
+    return pa.Table.from_pylist(stats)
+
+
+def _error_kinds(errors: list) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    for e in errors:
+        if e is not None:
+            key = e.split(" (")[0].split(":")[0] if not e.startswith("input has") else "input over max_input_tokens"
+            kinds[key] = kinds.get(key, 0) + 1
+    return kinds
+
+
+def _fault_hook(where: str) -> None:
+    """Test-only fault injection (S2S_FAULT=die_once:<marker file> or delay:<seconds>); unset in real runs."""
+    spec = os.environ.get("S2S_FAULT", "")
+    if where == "call" and spec.startswith("die_once:"):
+        marker = Path(spec.split(":", 1)[1])
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)  # the actor process dies mid-batch, as on a lost node
+    if where == "call" and spec.startswith("delay:"):
+        time.sleep(float(spec.split(":", 1)[1]))
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def _prepare_output(cfg: TranslateConfig, job: dict) -> set[str]:
+    """Check the output folder; return the units already committed (with --resume)."""
+    fs, out = _filesystem(cfg.output)
+    info = fs.get_file_info(out)
+    existing = []
+    if info.type == pafs.FileType.Directory:
+        existing = [i for i in fs.get_file_info(pafs.FileSelector(out)) if i.type == pafs.FileType.File]
+    elif info.type == pafs.FileType.File:
+        raise JobError(f"{cfg.output}: is a file; --output must be a folder")
+    if existing and not (cfg.overwrite or cfg.resume):
+        raise JobError(f"{cfg.output}: not empty. Pass --resume to finish an earlier run there, or --overwrite to start over.")
+    if cfg.overwrite:
+        fs.delete_dir_contents(out, missing_dir_ok=True)
+        existing = []
+    fs.create_dir(out, recursive=True)
+    done = set()
+    if existing and cfg.resume:
+        with fs.open_input_stream(f"{out}/{JOB_FILE}") as f:
+            before = json.loads(f.read())
+        if before.get("fingerprint") != job["fingerprint"]:
+            raise JobError(f"{cfg.output}: was written with other inputs, model or settings ({before.get('settings')}); "
+                           "--resume would mix them. Use --overwrite or another --output.")
+        done = {Path(i.path).name for i in existing if Path(i.path).name.startswith("part-")}
+    for i in existing:  # leftovers of a killed write are never committed data
+        if Path(i.path).name.startswith("_tmp-"):
+            fs.delete_file(i.path)
+    with fs.open_output_stream(f"{out}/{JOB_FILE}") as f:
+        f.write(json.dumps(job, indent=2).encode())
+    return done
+
+
+def run_translate(cfg: TranslateConfig) -> dict:
+    """Translate every row of the input into the output folder; return (and write) the run summary."""
+    import ray
+
+    from s2s.export.runtime import load_model_dir
+
+    t0 = time.time()
+    model_dir = load_model_dir(cfg.model)  # fails at once, naming the file, before any work starts
+    fs, files = list_inputs(cfg.input)
+    units, columns = plan_units(fs, files, cfg)
+    settings = {"model": str(Path(cfg.model).resolve()), "model_files": model_dir.manifest["files"], "inputs": files,
+                "text_column": cfg.text_column, "id_column": cfg.id_column, "rows_per_shard": cfg.rows_per_shard,
+                "decode": dataclasses.asdict(cfg.decode), "variant": cfg.variant}
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    done = _prepare_output(cfg, {"fingerprint": fingerprint, "settings": {k: v for k, v in settings.items() if k != "model_files"}})
+    todo = [u for u in units if u["name"] not in done]
+    print(f"{len(files)} input file(s), {sum(u['stop'] - u['start'] for u in units)} rows in {len(units)} shard(s); "
+          f"{len(done)} already committed, {len(todo)} to do", flush=True)
+
+    stats: list[dict] = []
+    if todo:
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
+        cpus = ray.cluster_resources().get("CPU", 1)
+        # leave at least half a CPU for the read and commit tasks, or the pool starves them and hangs
+        actors = cfg.actors or max(1, int((cpus - 0.5) // cfg.cpus_per_actor))
+        actors = min(actors, len(todo))
+        threads = max(1, int(cfg.cpus_per_actor))
+        print(f"Ray: {cpus:g} CPUs; {actors} translate actor(s) x {cfg.cpus_per_actor:g} CPU"
+              f"{f' + {cfg.gpus_per_actor:g} GPU' if cfg.gpus_per_actor else ''}, {threads} onnxruntime thread(s) each", flush=True)
+        small = 0.25  # CPUs for a read or commit task: they mostly wait on I/O
+        ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+        ds = ds.map_batches(read_unit, batch_size=None, batch_format="pyarrow", num_cpus=small,
+                            fn_kwargs={"text_column": cfg.text_column, "id_column": cfg.id_column})
+        ds = ds.map_batches(TranslateBatch, batch_size=None, batch_format="pyarrow", concurrency=actors,
+                            num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+                            fn_constructor_kwargs={"model": str(Path(cfg.model).resolve()) if "://" not in cfg.model else cfg.model,
+                                                   "text_column": cfg.text_column, "decode": cfg.decode, "variant": cfg.variant,
+                                                   "device": cfg.device, "threads": threads},
+                            max_restarts=-1, max_task_retries=-1)  # a dead actor is replaced and its batch retried
+        ds = ds.map_batches(commit_shard, batch_size=None, batch_format="pyarrow", num_cpus=small,
+                            fn_kwargs={"output": str(Path(cfg.output).resolve()) if "://" not in cfg.output else cfg.output})
+        for row in ds.iter_rows():
+            stats.append(row)
+    summary = _summarize(cfg, stats, len(units), len(done), time.time() - t0, model_dir.manifest)
+    _write_run_json(cfg, summary)
+    return summary
+
+
+def _summarize(cfg: TranslateConfig, stats: list[dict], n_units: int, n_skipped: int, wall: float, manifest: dict) -> dict:
+    """Counts over every committed shard (earlier attempts included); speed over this attempt's shards."""
+    fs, out = _filesystem(cfg.output)
+    parts = [i.path for i in fs.get_file_info(pafs.FileSelector(out)) if Path(i.path).name.startswith("part-")]
+    rows = errors = src_tokens = tgt_tokens = 0
+    kinds: dict[str, int] = {}
+    for p in parts:
+        with fs.open_input_file(p) as f:
+            t = pq.read_table(f, columns=["error", "src_tokens", "tgt_tokens"])
+        errs = t.column("error").to_pylist()
+        rows += t.num_rows
+        errors += sum(e is not None for e in errs)
+        src_tokens += int(pc.sum(t.column("src_tokens")).as_py() or 0)
+        tgt_tokens += int(pc.sum(t.column("tgt_tokens")).as_py() or 0)
+        for k, v in _error_kinds(errs).items():
+            kinds[k] = kinds.get(k, 0) + v
+    rows_now = sum(s["rows"] for s in stats)
+    tokens_now = sum(s["tgt_tokens"] for s in stats)
+    return {
+        "input": cfg.input, "output": cfg.output, "model": cfg.model,
+        "model_sha256": hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest(),
+        "shards_total": n_units, "shards_committed": len(parts), "shards_done_before": n_skipped, "shards_done_now": len(stats),
+        "complete": len(parts) == n_units,
+        "rows": rows, "translated": rows - errors, "errors": errors, "error_kinds": kinds,
+        "error_rate": round(errors / rows, 6) if rows else 0.0, "max_error_rate": cfg.max_error_rate,
+        "src_tokens": src_tokens, "tgt_tokens": tgt_tokens,
+        "rows_this_run": rows_now, "wall_seconds": round(wall, 2),
+        "sentences_per_s": round(rows_now / wall, 2) if wall else 0.0, "tokens_per_s": round(tokens_now / wall, 2) if wall else 0.0,
+        "providers": sorted({s["provider"] for s in stats}), "decode": dataclasses.asdict(cfg.decode),
+    }
+
+
+def _write_run_json(cfg: TranslateConfig, summary: dict) -> None:
+    fs, out = _filesystem(cfg.output)
+    tmp = f"{out}/_tmp-{uuid.uuid4().hex}-{RUN_FILE}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(summary, indent=2).encode())
+    fs.move(tmp, f"{out}/{RUN_FILE}")

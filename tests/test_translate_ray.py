@@ -1,0 +1,143 @@
+"""The translate job end to end on local Ray with 2 CPUs: order, ids, bad rows, resume, a dead actor."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from s2s.export.runtime import ModelDirError, choose_providers, cuda_available, load_translator
+from s2s.translate import JobError, TranslateConfig, run_translate
+from s2s.translator import DecodeConfig
+
+FAST = DecodeConfig(max_decoding_length=30)  # the tiny model rarely says EOS: keep its outputs short
+
+
+def _output(path):
+    parts = sorted(p for p in os.listdir(path) if p.startswith("part-"))
+    return pa.concat_tables([pq.read_table(path / p) for p in parts]), parts
+
+
+@pytest.fixture(scope="module")
+def ray_2cpus():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def test_translate_end_to_end(tiny_model_dir, corpus_300, tmp_path, ray_2cpus):
+    signal.alarm(600)  # a hang on 2 CPUs fails the test instead of stalling CI
+    try:
+        summary = run_translate(TranslateConfig(input=str(corpus_300), output=str(tmp_path / "out"), model=str(tiny_model_dir),
+                                                decode=FAST, rows_per_shard=100))
+    finally:
+        signal.alarm(0)
+    table, parts = _output(tmp_path / "out")
+    rows = table.to_pylist()
+    assert len(parts) == 3 and table.num_rows == 300
+    assert [r["row_id"] for r in rows] == [f"corpus.parquet#{i}" for i in range(300)]  # every row once, in order
+    assert [r["keep"] for r in rows] == list(range(300))  # pass-through column untouched
+    errors = {r["keep"]: r["error"] for r in rows if r["error"]}
+    assert errors == {5: "null text", 7: "empty or whitespace-only text",
+                      9: "input has 400 tokens, over max_input_tokens=250 (truncate or raise the limit)"} or (
+        set(errors) == {5, 7, 9} and errors[9].startswith("input has"))
+    assert all(r["translation"] is not None and r["score"] < 0 for r in rows if not r["error"])
+    # the actors translate exactly as the translator does in-process
+    direct = load_translator(tiny_model_dir, FAST, device="cpu").translate([rows[i]["text"] for i in (0, 1, 50, 299)])
+    assert [d.translation for d in direct] == [rows[i]["translation"] for i in (0, 1, 50, 299)]
+    saved = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert saved["rows"] == 300 and saved["errors"] == 3 and saved["complete"] and saved["providers"] == ["CPUExecutionProvider"]
+    assert saved["error_kinds"] == {"null text": 1, "empty or whitespace-only text": 1, "input over max_input_tokens": 1}
+    # nbest adds a list column
+    run_translate(TranslateConfig(input=str(corpus_300), output=str(tmp_path / "nbest"), model=str(tiny_model_dir),
+                                  decode=DecodeConfig(beam_size=2, nbest=2, max_decoding_length=20), rows_per_shard=300))
+    nb, _ = _output(tmp_path / "nbest")
+    first = nb.to_pylist()[0]
+    assert len(first["nbest"]) == 2 and first["nbest"][0]["translation"] == first["translation"]
+
+
+def test_bad_runs_say_why_at_once(tiny_model_dir, corpus_300, tmp_path):
+    def run(**kw):
+        base = dict(input=str(corpus_300), output=str(tmp_path / "o"), model=str(tiny_model_dir))
+        return run_translate(TranslateConfig(**{**base, **kw}))
+
+    with pytest.raises(JobError, match="nothing.parquet: no such input"):
+        run(input=str(tmp_path / "nothing.parquet"))
+    with pytest.raises(JobError, match=r"no column 'sentence'; it has \['text', 'keep'\].*--text-column"):
+        run(text_column="sentence")
+    corrupt = tmp_path / "shards"
+    corrupt.mkdir()
+    pq.write_table(pa.table({"text": ["fine"]}), corrupt / "a.parquet")
+    (corrupt / "b.parquet").write_bytes(b"not parquet")
+    with pytest.raises(JobError, match=r"b\.parquet: not a readable Parquet file"):
+        run(input=str(corpus_300.parent.parent / corrupt.parent.name / "shards"))
+    with pytest.raises(ModelDirError, match="manifest.json: missing"):
+        run(model=str(tmp_path))
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "something").write_text("x")
+    with pytest.raises(JobError, match="not empty.*--resume.*--overwrite"):
+        run()
+
+
+def test_device_cuda_fails_at_once_where_cuda_cannot_load():
+    ok, why = cuda_available()
+    if ok:
+        assert choose_providers("cuda")[0] == "CUDAExecutionProvider"
+    else:
+        with pytest.raises(RuntimeError, match="--device cuda"):
+            choose_providers("cuda")
+        assert choose_providers("auto") == ["CPUExecutionProvider"]
+
+
+def _cli(args, env_extra=None, **kw):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "s2s.cli", "translate", *args], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _digest(path, parts):
+    return {p: hashlib.sha256((path / p).read_bytes()).hexdigest() for p in parts}
+
+
+def test_killed_run_resumes_exactly_once(tiny_model_dir, corpus_300, tmp_path):
+    out = tmp_path / "out"
+    args = [str(corpus_300), "--output", str(out), "--model", str(tiny_model_dir), "--rows-per-shard", "30",
+            "--max-decoding-length", "30", "--beam-size", "1"]
+    proc = _cli(args, {"S2S_FAULT": "delay:2"})
+    deadline = time.time() + 300
+    while time.time() < deadline and len([p for p in os.listdir(out) if p.startswith("part-")] if out.exists() else []) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started go down mid-run
+    proc.wait()
+    _, before = _output(out)
+    assert 2 <= len(before) < 10, "the kill should land mid-run"
+    kept = _digest(out, before)
+    again = _cli(args)
+    assert again.wait(timeout=300) == 2 and "not empty" in again.stdout.read()
+    done = _cli(args + ["--resume"])
+    log = done.communicate(timeout=600)[0]
+    assert done.returncode == 0, log
+    table, parts = _output(out)
+    assert len(parts) == 10 and table.num_rows == 300
+    assert sorted(table.column("keep").to_pylist()) == list(range(300))  # no row lost or duplicated
+    assert _digest(out, before) == kept  # committed shards were not redone
+    assert f"{len(before)} already committed" in log
+
+
+def test_dead_actor_is_replaced_and_its_batch_retried(tiny_model_dir, corpus_300, tmp_path):
+    marker = tmp_path / "died"
+    proc = _cli([str(corpus_300), "--output", str(tmp_path / "out"), "--model", str(tiny_model_dir), "--rows-per-shard", "100",
+                 "--max-decoding-length", "30", "--beam-size", "1"], {"S2S_FAULT": f"die_once:{marker}"})
+    log = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, log
+    assert marker.exists()  # an actor really died mid-batch
+    table, _ = _output(tmp_path / "out")
+    assert sorted(table.column("keep").to_pylist()) == list(range(300))
