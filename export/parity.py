@@ -5,15 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from s2s.search import beam_search, greedy_search
-from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
-
-
-def _pad(batch: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    lens = np.asarray([len(s) for s in batch], dtype=np.int64)
-    src = np.full((len(batch), int(lens.max())), PAD_ID, dtype=np.int64)
-    for i, s in enumerate(batch):
-        src[i, : len(s)] = s
-    return src, lens
+from s2s.tokenizer import BOS_ID, EOS_ID
+from s2s.translator import pad_ids
 
 
 def forced_log_probs(engine, src: np.ndarray, lens: np.ndarray, outputs: list[list[int]]) -> list[np.ndarray]:
@@ -49,7 +42,7 @@ def parity_gate(reference, candidate, sources: list[list[int]], batch_sizes: tup
     for bs in batch_sizes:
         for start in range(0, len(sources), bs):
             batch = sources[start : start + bs]  # kept in the given order: mixed lengths in a batch
-            src, lens = _pad(batch)
+            src, lens = pad_ids(batch)
             max_len = (max_len_a * lens + max_len_b).astype(np.int64)
             ref_g = greedy_search(reference.step, reference.encode(src, lens), len(batch), BOS_ID, EOS_ID, max_len)
             cand_g = greedy_search(candidate.step, candidate.encode(src, lens), len(batch), BOS_ID, EOS_ID, max_len)

@@ -259,6 +259,9 @@ def _prepare_output(cfg: TranslateConfig, job: dict) -> set[str]:
     fs.create_dir(out, recursive=True)
     done = set()
     if existing and cfg.resume:
+        if fs.get_file_info(f"{out}/{JOB_FILE}").type != pafs.FileType.File:
+            raise JobError(f"{cfg.output}: has files but no {JOB_FILE}, so it was not written by s2s-job translate; "
+                           "choose another --output, or --overwrite to empty it.")
         with fs.open_input_stream(f"{out}/{JOB_FILE}") as f:
             before = json.loads(f.read())
         if before.get("fingerprint") != job["fingerprint"]:

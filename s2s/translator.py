@@ -73,6 +73,15 @@ class TorchEngine:
         return lp.numpy(), {**state, "h": h, "c": c, "feed": feed}
 
 
+def pad_ids(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad id lists into an int64 (B, S) array; also return the (B,) lengths."""
+    lens = np.asarray([len(s) for s in seqs], dtype=np.int64)
+    out = np.full((len(seqs), int(lens.max())), PAD_ID, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return out, lens
+
+
 def check_text(text: Any) -> str | None:
     """Why a row cannot be translated, or None if it can."""
     if text is None:
@@ -139,10 +148,7 @@ class Translator:
 
     def _decode(self, batch_ids: list[list[int]]) -> list[Translation]:
         cfg = self.config
-        lens = np.asarray([len(s) for s in batch_ids], dtype=np.int64)
-        src = np.full((len(batch_ids), int(lens.max())), PAD_ID, dtype=np.int64)
-        for i, s in enumerate(batch_ids):
-            src[i, : len(s)] = s
+        src, lens = pad_ids(batch_ids)
         max_len = np.minimum(cfg.max_length_a * lens + cfg.max_length_b, cfg.max_decoding_length).astype(np.int64)
         state = self.engine.encode(src, lens)
         if cfg.beam_size == 1:

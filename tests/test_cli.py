@@ -1,0 +1,46 @@
+"""The CLI parses and calls: --help everywhere, and bad invocations end with a clear message and exit 2."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from s2s.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "export", "translate"])
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output and "--" in result.output
+
+
+def test_train_with_a_missing_column_says_which(tmp_path):
+    data = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"english": ["Hi."], "french": ["Salut."]}), data)
+    result = runner.invoke(app, ["train", "--data", str(data), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "no column 'en'" in result.output and "['english', 'french']" in result.output
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_translate_with_a_model_dir_that_is_not_one(tmp_path):
+    data = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": ["Hi."]}), data)
+    result = runner.invoke(app, ["translate", str(data), "--model", str(tmp_path), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "manifest.json: missing" in result.output
+
+
+def test_resume_into_a_folder_not_made_by_translate(tiny_model_dir, tmp_path):
+    data = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": ["Hi."]}), data)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["translate", str(data), "--model", str(tiny_model_dir), "--output", str(tmp_path / "out"), "--resume"])
+    assert result.exit_code == 2 and "_job.json" in result.output and (tmp_path / "out" / "notes.txt").exists()
+
+
+def test_export_of_a_directory_that_is_not_a_run(tmp_path):
+    result = runner.invoke(app, ["export", str(tmp_path), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "not a training run directory" in result.output
