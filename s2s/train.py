@@ -333,7 +333,8 @@ def fit(cfg: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = 
                   "elapsed_s": round(state["train_seconds"], 1), "train_loss": last.get("loss"), **metrics, "best_bleu": state["best_bleu"]}
         log_line(record)
         if rank == 0:
-            print(f"validation after epoch {state['epoch']} step {state['step']}: loss {metrics['valid_loss']:.3f} "
+            where = f"after epoch {state['epoch']}" if epoch_done else f"in epoch {state['epoch'] + 1} (stopped early)"
+            print(f"validation {where} step {state['step']}: loss {metrics['valid_loss']:.3f} "
                   f"ppl {metrics['valid_ppl']:.1f} BLEU {metrics['valid_bleu']:.2f} chrF {metrics['valid_chrf']:.2f}"
                   f"{' (best)' if improved else ''}", flush=True)
             for smp in samples:

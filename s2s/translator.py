@@ -97,15 +97,15 @@ class Translator:
     def __init__(self, engine: Engine, src_sp: spm.SentencePieceProcessor, tgt_sp: spm.SentencePieceProcessor, config: DecodeConfig = DecodeConfig()):
         self.engine, self.src_sp, self.tgt_sp, self.config = engine, src_sp, tgt_sp, config
 
-    def encode_source(self, text: str) -> tuple[list[int] | None, str | None]:
-        """Source ids with EOS, or an error saying why not (too long and not truncating)."""
+    def encode_source(self, text: str) -> tuple[list[int] | None, int, str | None]:
+        """Source ids with EOS (None if refused), the text's token count, and why it was refused."""
         ids = self.src_sp.encode(text.strip())
-        limit = self.config.max_input_tokens
-        if len(ids) > limit:
+        n, limit = len(ids), self.config.max_input_tokens
+        if n > limit:
             if not self.config.truncate_long_input:
-                return None, f"input has {len(ids)} tokens, over max_input_tokens={limit} (truncate or raise the limit)"
+                return None, n, f"input has {n} tokens, over max_input_tokens={limit} (truncate or raise the limit)"
             ids = ids[:limit]
-        return ids + [EOS_ID], None
+        return ids + [EOS_ID], n, None
 
     def translate(self, texts: list[Any]) -> list[Translation]:
         """Translate a list of texts; results come back in input order, bad rows with an `error`.
@@ -123,10 +123,10 @@ class Translator:
                 unique.setdefault(text, []).append(i)
         encoded = []
         for text, rows in unique.items():
-            ids, err = self.encode_source(text)
+            ids, n_tokens, err = self.encode_source(text)
             if err:
                 for r in rows:
-                    results[r] = Translation(None, None, len(self.src_sp.encode(text)), 0, error=err)
+                    results[r] = Translation(None, None, n_tokens, 0, error=err)
             else:
                 encoded.append((ids, rows))
         encoded.sort(key=lambda e: len(e[0]))

@@ -10,7 +10,7 @@ from s2s.export.convert import ExportConfig, ParityError, export_run
 from s2s.export.runtime import ModelDirError, OrtEngine, load_model_dir, load_translator, sha256
 from s2s.search import beam_search, greedy_search
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from s2s.translator import TorchEngine
+from s2s.translator import DecodeConfig, TorchEngine
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,15 @@ def test_dynamo_exporter_also_passes_the_gate(tiny_run, tmp_path):
     assert manifest["exporter"] == "dynamo" and manifest["parity"]["passed"]
     with pytest.raises(ValueError, match="torchscript"):
         ExportConfig(exporter="dynamo", quantize="int8")
+
+
+def test_long_input_is_refused_or_truncated_as_asked(model_dir):
+    long_text = " ".join(["cat"] * 40)
+    refuse = load_translator(model_dir, DecodeConfig(max_input_tokens=5, max_decoding_length=10), variant="fp32", device="cpu")
+    out = refuse.translate([long_text, "Hi."])
+    assert out[0].translation is None and "over max_input_tokens=5" in out[0].error and out[0].src_tokens > 5
+    assert out[1].error is None
+    cut = load_translator(model_dir, DecodeConfig(max_input_tokens=5, truncate_long_input=True, max_decoding_length=10),
+                          variant="fp32", device="cpu")
+    t = cut.translate([long_text])[0]
+    assert t.error is None and t.translation is not None and t.src_tokens == 5
