@@ -89,6 +89,7 @@ def beam_search(
     in EOS among the top `beam_size` is finished. A sentence stops when it has `beam_size` finished
     hypotheses (all beams ended) or reaches max_len. Ranking divides the summed log-probability by
     length**length_penalty (CTranslate2's convention; 0 means no normalization). Beam size 1 is greedy.
+    All sentences and beams advance together in arrays; only finished hypotheses are handled one by one.
     """
     if beam_size < 1 or not 1 <= nbest <= beam_size:
         raise ValueError(f"need beam_size >= 1 and 1 <= nbest <= beam_size, got {beam_size}, {nbest}")
@@ -98,57 +99,43 @@ def beam_search(
     state = select_state(state, np.repeat(np.arange(batch), K))  # rows: sentence-major, K beams each
     scores = np.full((batch, K), -np.inf)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    seqs = np.zeros((batch, K, 0), dtype=np.int64)
-    seq_lp = np.zeros((batch, K, 0))
+    seqs = np.zeros((batch, K, 0), dtype=np.int64)  # (n, K, t) tokens so far
+    seq_lp = np.zeros((batch, K, 0))  # (n, K, t) their log-probs
     prev = np.full(batch * K, bos, dtype=np.int64)
-
-    def norm(score: float, length: int) -> float:
-        return score / (max(length, 1) ** length_penalty)
-
+    ranks = np.arange(2 * K)[None, :]
     t = 0
     while len(active):
         log_probs, state = step(prev, state)
         n, V = len(active), log_probs.shape[1]
-        cand = (scores[:, :, None] + log_probs.reshape(n, K, V)).reshape(n, K * V)
-        top = np.argsort(-cand, axis=1, kind="stable")[:, : 2 * K]  # (n, 2K) best first
-        next_rows, next_tok, next_scores, keep_sent = [], [], [], []
-        new_seqs, new_lp = [], []
-        for j, b in enumerate(active):
-            kept: list[tuple[int, int, float]] = []
-            for rank, flat in enumerate(top[j]):
-                beam, tok, sc = flat // V, flat % V, cand[j, flat]
-                if not np.isfinite(sc):
-                    break
-                lp_here = log_probs[j * K + beam, tok]
-                if tok == eos or t + 1 >= max_len[b]:
-                    if rank < K:
-                        toks = seqs[j, beam].tolist() + ([] if tok == eos else [int(tok)])
-                        length = len(toks) + (1 if tok == eos else 0)
-                        finished[b].append(Hypothesis(toks, float(sc), norm(float(sc), length), seq_lp[j, beam].tolist() + [float(lp_here)]))
-                    continue
-                if len(kept) < K:
-                    kept.append((beam, tok, sc))
-            if len(finished[b]) >= K or t + 1 >= max_len[b] or not kept:
-                continue
-            while len(kept) < K:  # fewer live candidates than beams: pad with dead beams
-                kept.append((kept[0][0], kept[0][1], -np.inf))
-            keep_sent.append(j)
-            next_rows.extend(j * K + beam for beam, _, _ in kept)
-            next_tok.extend(tok for _, tok, _ in kept)
-            next_scores.append([sc for _, _, sc in kept])
-            new_seqs.append([np.append(seqs[j, beam], tok) for beam, tok, _ in kept])
-            new_lp.append([np.append(seq_lp[j, beam], log_probs[j * K + beam, tok]) for beam, tok, _ in kept])
+        lp = log_probs.reshape(n, K, V)
+        cand = (scores[:, :, None] + lp).reshape(n, K * V)  # (n, K*V)
+        part = np.argpartition(-cand, min(2 * K, K * V) - 1, axis=1)[:, : 2 * K]  # the 2K best, unordered
+        part_scores = np.take_along_axis(cand, part, 1)
+        order = np.lexsort((part, -part_scores), axis=1)  # best first; ties: lower index, as argmax
+        top = np.take_along_axis(part, order, 1)  # (n, 2K)
+        top_scores = np.take_along_axis(part_scores, order, 1)
+        beam, tok = top // V, top % V
+        at_max = t + 1 >= max_len[active]  # (n,)
+        finite = np.isfinite(top_scores)
+        ends = ((tok == eos) | at_max[:, None]) & finite
+        for j, r in zip(*np.nonzero(ends & (ranks[:, : top.shape[1]] < K))):
+            b, bm, tk, sc = active[j], beam[j, r], int(tok[j, r]), float(top_scores[j, r])
+            toks = seqs[j, bm].tolist() + ([] if tk == eos else [tk])
+            length = len(toks) + (1 if tk == eos else 0)
+            finished[b].append(Hypothesis(toks, sc, sc / (max(length, 1) ** length_penalty), seq_lp[j, bm].tolist() + [float(lp[j, bm, tk])]))
+        cont = finite & ~ends
+        keep = cont & (np.cumsum(cont, axis=1) <= K)  # the K best live continuations of each sentence
+        n_done = np.asarray([len(finished[b]) for b in active])
+        alive = np.nonzero((n_done < K) & ~at_max & keep.any(axis=1))[0]
         t += 1
-        if not keep_sent:
+        if not len(alive):
             break
-        state = select_state(state, np.asarray(next_rows, dtype=np.int64))
-        active = active[np.asarray(keep_sent)]
-        prev = np.asarray(next_tok, dtype=np.int64)
-        scores = np.asarray(next_scores)
-        seqs = np.asarray(new_seqs, dtype=np.int64)
-        seq_lp = np.asarray(new_lp)
-    results = []
-    for b in range(batch):
-        ranked = sorted(finished[b], key=lambda h: -h.normalized)
-        results.append(ranked[:nbest])
-    return results
+        pick = np.argsort(~keep, axis=1, kind="stable")[:, :K]  # kept candidates first, in rank order
+        pick_scores = np.where(np.take_along_axis(keep, pick, 1), np.take_along_axis(top_scores, pick, 1), -np.inf)
+        pick_beam, pick_tok = np.take_along_axis(beam, pick, 1)[alive], np.take_along_axis(tok, pick, 1)[alive]  # (m, K)
+        rows = alive[:, None]
+        state = select_state(state, (rows * K + pick_beam).reshape(-1))
+        seqs = np.concatenate([seqs[rows, pick_beam], pick_tok[..., None]], axis=2)
+        seq_lp = np.concatenate([seq_lp[rows, pick_beam], lp[rows, pick_beam, pick_tok][..., None]], axis=2)
+        scores, prev, active = pick_scores[alive], pick_tok.reshape(-1), active[alive]
+    return [sorted(f, key=lambda h: -h.normalized)[:nbest] for f in finished]
