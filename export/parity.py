@@ -6,10 +6,10 @@ import numpy as np
 
 from s2s.search import beam_search, greedy_search
 from s2s.tokenizer import BOS_ID, EOS_ID
-from s2s.translator import pad_ids
+from s2s.translator import Engine, pad_ids
 
 
-def forced_log_probs(engine, src: np.ndarray, lens: np.ndarray, outputs: list[list[int]]) -> list[np.ndarray]:
+def forced_log_probs(engine: Engine, src: np.ndarray, lens: np.ndarray, outputs: list[list[int]]) -> list[np.ndarray]:
     """Feed each row its own output (teacher forcing) -> per row, log-probs (steps, V) with EOS's step last."""
     state = engine.encode(src, lens)
     steps = max(len(o) for o in outputs) + 1
@@ -29,7 +29,7 @@ def _first_difference(a: list[int], b: list[int]) -> int:
     return min(len(a), len(b))
 
 
-def parity_gate(reference, candidate, sources: list[list[int]], batch_sizes: tuple[int, ...] = (1, 37), beam_size: int = 4,
+def parity_gate(reference: Engine, candidate: Engine, sources: list[list[int]], batch_sizes: tuple[int, ...] = (1, 37), beam_size: int = 4,
                 tolerance: float = 1e-4, max_len_a: float = 1.5, max_len_b: int = 10) -> dict:
     """Compare greedy and beam outputs and per-step log-probs of two engines on `sources` (ids with EOS).
 

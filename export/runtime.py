@@ -12,6 +12,7 @@ import numpy as np
 
 from s2s.search import State
 from s2s.tokenizer import load_sentencepiece
+from s2s.translator import DecodeConfig, Translator
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +146,9 @@ class OrtEngine:
         return lp, {**state, "h": h, "c": c, "feed": feed}
 
 
-def load_translator(path: str | Path, decode=None, variant: str = "auto", device: str = "auto", threads: int = 1):
+def load_translator(path: str | Path, decode: DecodeConfig | None = None, variant: str = "auto", device: str = "auto",
+                    threads: int = 1) -> Translator:
     """A Translator over an exported model directory (verified), ready to translate text."""
-    from s2s.translator import DecodeConfig, Translator
-
     model_dir = load_model_dir(path)
     limits = model_dir.manifest.get("limits", {})
     decode = decode or DecodeConfig(max_input_tokens=limits.get("max_input_tokens", 250))

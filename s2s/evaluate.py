@@ -1,13 +1,18 @@
-"""Scoring: multi-reference BLEU and chrF with sacrebleu, and loading a trained checkpoint."""
+"""Scoring: multi-reference BLEU and chrF with sacrebleu, loading a trained checkpoint, and `evaluate`."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import sacrebleu
 import torch
 
 from s2s.model import ModelConfig, Seq2Seq
+from s2s.tokenizer import load_sentencepiece
+from s2s.translator import DecodeConfig, TorchEngine, Translator
 
 
 def corpus_scores(hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
@@ -37,16 +42,9 @@ def load_model(checkpoint: str | Path) -> tuple[Seq2Seq, dict]:
     return model.eval(), ckpt
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test", decode=None, checkpoint: str = "best", samples: int = 5) -> dict:
+def evaluate_run(run_dir: str | Path, split: str = "test", decode: DecodeConfig | None = None, checkpoint: str = "best",
+                 samples: int = 5) -> dict:
     """Translate a run's held-out split with its checkpoint; write and return eval.json's contents."""
-    import json
-    import time
-
-    import pyarrow.parquet as pq
-
-    from s2s.tokenizer import load_sentencepiece
-    from s2s.translator import DecodeConfig, TorchEngine, Translator
-
     run = Path(run_dir)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: not a training run directory (no config.json). Pass the --run-dir given to train.")

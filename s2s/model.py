@@ -68,7 +68,7 @@ class Seq2Seq(nn.Module):
         self.generator = nn.Linear(H, cfg.tgt_vocab_size)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def encode(self, src: torch.Tensor, src_lens: torch.Tensor):
+    def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """src (B, S) ids, src_lens (B,) -> memory (B, S, H), mask (B, S), h0 and c0 (B, L, H), feed0 (B, H)."""
         mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_lens.unsqueeze(1)  # (B, S)
         x = self.drop(self.src_emb(src))  # (B, S, E)
@@ -89,7 +89,8 @@ class Seq2Seq(nn.Module):
         feed0 = torch.zeros_like(h_last)  # (B, H)
         return memory, mask, h0, c0, feed0
 
-    def _step(self, prev, h, c, feed, memory, mask):
+    def _step(self, prev: torch.Tensor, h: torch.Tensor, c: torch.Tensor, feed: torch.Tensor, memory: torch.Tensor,
+              mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One decoder step before the output projection -> attentional vector (B, H), h, c, attention (B, S)."""
         x = torch.cat([self.drop(self.tgt_emb(prev)), feed], dim=-1)  # (B, E + H)
         hs, cs = [], []
@@ -105,7 +106,8 @@ class Seq2Seq(nn.Module):
         out = torch.tanh(self.attn_out(torch.cat([context, x], dim=-1)))  # (B, H)
         return out, torch.stack(hs, 1), torch.stack(cs, 1), attn
 
-    def decode_step(self, prev, h, c, feed, memory, mask):
+    def decode_step(self, prev: torch.Tensor, h: torch.Tensor, c: torch.Tensor, feed: torch.Tensor, memory: torch.Tensor,
+                    mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One step for search and ONNX: prev (B,) -> log-probs (B, V), h, c (B, L, H), feed (B, H), attention (B, S)."""
         out, h, c, attn = self._step(prev, h, c, feed, memory, mask)
         log_probs = torch.log_softmax(self.generator(out).float(), dim=-1)  # (B, V)
@@ -130,7 +132,7 @@ def shift_target(tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return tgt[:, :-1], tgt[:, 1:]
 
 
-def sequence_loss(logits: torch.Tensor, gold: torch.Tensor, pad_id: int, label_smoothing: float = 0.0):
+def sequence_loss(logits: torch.Tensor, gold: torch.Tensor, pad_id: int, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Summed label-smoothed cross-entropy over non-pad gold tokens -> (loss_sum, nll_sum, n_tokens)."""
     flat_logits = logits.reshape(-1, logits.size(-1)).float()
     flat_gold = gold.reshape(-1)
