@@ -51,7 +51,7 @@ class TrainConfig:
     valid_frac: float = 0.02  # share of source sentences held out for validation ...
     test_frac: float = 0.02  # ... and for the test split
     max_len: int = 80  # training pairs with more subwords on either side are skipped (counted)
-    batch_tokens: int = 6000  # padded target tokens per optimizer step, over all workers
+    batch_tokens: int = 6000  # per optimizer step over all workers: rows x longer side, padded
     lr: float = 2e-3  # Adam peak learning rate
     warmup_steps: int = 300  # linear warm-up, then linear decay to lr * min_lr_ratio at the last step
     min_lr_ratio: float = 0.1
