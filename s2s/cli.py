@@ -135,19 +135,23 @@ def translate(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (cuda fails at once if it cannot load).")] = "auto",
     variant: Annotated[str, typer.Option(help="Model variant: fp32, int8, or auto (the model's CPU default).")] = "auto",
     rows_per_shard: Annotated[int, typer.Option(help="Rows per unit of work and output shard.")] = 2000,
+    date: Annotated[Optional[str], typer.Option(help="Fills {date} in the input and output paths (e.g. 2026-11-21).")] = None,
+    partition: Annotated[Optional[str], typer.Option(help="Fills {partition} in the input and output paths.")] = None,
     max_error_rate: Annotated[float, typer.Option(help="Exit 1 when more than this share of rows has an error.")] = 0.05,
     overwrite: Annotated[bool, typer.Option(help="Empty a non-empty output folder first.")] = False,
     resume: Annotated[bool, typer.Option(help="Finish an earlier run in the output folder; committed shards are kept.")] = False,
 ) -> None:
     """Translate a Parquet corpus with onnxruntime in Ray Data actors; write Parquet shards and run.json."""
     from s2s.export.runtime import ModelDirError
-    from s2s.translate import JobError, TranslateConfig, run_translate
+    from s2s.translate import JobError, TranslateConfig, fill_template, run_translate
     from s2s.translator import DecodeConfig
 
     try:
         decode = DecodeConfig(beam_size=beam_size, nbest=nbest, length_penalty=length_penalty, max_batch_tokens=max_batch_tokens,
                               max_input_tokens=max_input_tokens, truncate_long_input=truncate, max_decoding_length=max_decoding_length)
-        out = output or str(Path("outputs") / Path(input.rstrip("/")).stem.replace("*", "all"))
+        values = {"date": date, "partition": partition}
+        input = fill_template(input, values)
+        out = fill_template(output, values) if output else str(Path("outputs") / Path(input.rstrip("/")).stem.replace("*", "all"))
         cfg = TranslateConfig(input=input, output=out, model=model, text_column=text_column, id_column=id_column, decode=decode,
                               actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, device=device,
                               variant=variant, rows_per_shard=rows_per_shard, max_error_rate=max_error_rate,

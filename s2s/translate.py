@@ -75,6 +75,17 @@ class TranslateConfig:
 # ---------------------------------------------------------------- inputs and units (driver)
 
 
+def fill_template(path: str, values: dict[str, str | None]) -> str:
+    """Fill `{date}`/`{partition}` in a path from the values a scheduler passes; refuse a hole left open."""
+    for key, value in values.items():
+        placeholder = "{" + key + "}"
+        if placeholder in path:
+            if not value:
+                raise JobError(f"{path}: has {placeholder} but no --{key} was given")
+            path = path.replace(placeholder, value)
+    return path
+
+
 def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     if "://" in path:
         return pafs.FileSystem.from_uri(path)

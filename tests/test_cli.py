@@ -44,3 +44,14 @@ def test_resume_into_a_folder_not_made_by_translate(tiny_model_dir, tmp_path):
 def test_export_of_a_directory_that_is_not_a_run(tmp_path):
     result = runner.invoke(app, ["export", str(tmp_path), "--out", str(tmp_path / "m")])
     assert result.exit_code == 2 and "not a training run directory" in result.output
+
+
+def test_date_and_partition_fill_the_path_templates(tiny_model_dir, tmp_path):
+    day = tmp_path / "in" / "date=2026-11-21"
+    day.mkdir(parents=True)
+    template = str(tmp_path / "in" / "date={date}" / "part={partition}.parquet")
+    result = runner.invoke(app, ["translate", template, "--model", str(tiny_model_dir), "--output", str(tmp_path / "out" / "date={date}"),
+                                 "--date", "2026-11-21", "--partition", "7"])
+    assert result.exit_code == 2 and f"{day}/part=7.parquet: no such input" in result.output
+    result = runner.invoke(app, ["translate", template, "--model", str(tiny_model_dir), "--date", "2026-11-21"])
+    assert result.exit_code == 2 and "has {partition} but no --partition" in result.output

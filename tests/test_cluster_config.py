@@ -1,0 +1,40 @@
+"""ray_cluster.yaml is a real cluster-launcher config: Ray's own validator accepts it."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+CONFIG = Path(__file__).resolve().parent.parent / "ray_cluster.yaml"
+
+
+def _validate(config: dict) -> None:
+    """What `ray up` does before it launches anything: fill in the defaults, then validate."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+
+def test_cluster_config_passes_rays_validator():
+    config = yaml.safe_load(CONFIG.read_text())
+    _validate(config)
+    types = config["available_node_types"]
+    assert config["head_node_type"] in types
+    assert {"cpu_worker", "gpu_worker"} <= set(types)
+    assert all(types[t]["max_workers"] >= types[t]["min_workers"] for t in ("cpu_worker", "gpu_worker"))
+    assert sum(types[t]["max_workers"] for t in ("cpu_worker", "gpu_worker")) >= config["max_workers"]
+    setup = " ".join(config["setup_commands"])
+    assert "pip install" in setup and "-e ." in setup and "models/eng-fra" in setup
+
+
+def test_the_validator_would_catch_a_broken_config():
+    config = yaml.safe_load(CONFIG.read_text())
+    broken = copy.deepcopy(config)
+    broken["head_node_type"] = "no_such_type"
+    with pytest.raises(ValueError):
+        _validate(broken)
+    missing = copy.deepcopy(config)
+    del missing["provider"]
+    with pytest.raises(Exception):
+        _validate(missing)
