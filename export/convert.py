@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -24,7 +23,7 @@ import torch
 from s2s.evaluate import corpus_scores, load_model
 from s2s.export.graphs import DECODER_STEP, ENCODER, DecoderStep, Encoder, example_inputs, export_graph
 from s2s.export.parity import parity_gate
-from s2s.export.runtime import FORMAT, MANIFEST, ModelDir, OrtEngine, sha256
+from s2s.export.runtime import FORMAT, MANIFEST, ModelDir, OrtEngine, library_versions, sha256
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, load_sentencepiece
 from s2s.translator import DecodeConfig, TorchEngine, Translator
 
@@ -69,16 +68,6 @@ class ParityError(RuntimeError):
     """The exported graphs do not decode as PyTorch does; nothing was written."""
 
 
-def _versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("s2s-job", "torch", "onnx", "onnxruntime-gpu", "onnxruntime", "sentencepiece", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
 def _valid_bleu(model_dir: Path, manifest: dict, variant: str, rows: list[dict]) -> float:
     translator = Translator(OrtEngine(ModelDir(model_dir, manifest), variant, "cpu", threads=os.cpu_count() or 1),
                             load_sentencepiece(model_dir / "src.model"), load_sentencepiece(model_dir / "tgt.model"), DecodeConfig())
@@ -121,7 +110,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
                          "state": ckpt.get("state")},
             "exporter": cfg.exporter,
             "opset": cfg.opset,
-            "versions": _versions(),
+            "versions": library_versions(),
             "variants": {"fp32": {"encoder": ENCODER.file, "decoder_step": DECODER_STEP.file}},
             "default_cpu_variant": "fp32",
         }

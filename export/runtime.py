@@ -20,8 +20,25 @@ MANIFEST = "manifest.json"
 FORMAT = "s2s-job-model/1"
 
 
+class DeviceError(RuntimeError):
+    """The device asked for cannot be used here (--device cuda without a loadable CUDA provider)."""
+
+
 class ModelDirError(ValueError):
     """A model directory that cannot be used; the message names the file and what to do."""
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a model or a run depends on, for manifests and run.json."""
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("s2s-job", "torch", "onnx", "onnxruntime-gpu", "onnxruntime", "sentencepiece", "numpy", "pyarrow", "ray"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def sha256(path: Path) -> str:
@@ -106,7 +123,7 @@ def choose_providers(device: str) -> list[str]:
     ok, why = cuda_available()
     if not ok:
         if device == "cuda":
-            raise RuntimeError(f"--device cuda: {why}. Use --device cpu or auto, or fix the CUDA install.")
+            raise DeviceError(f"--device cuda: {why}. Use --device cpu or auto, or fix the CUDA install.")
         return ["CPUExecutionProvider"]
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -132,7 +149,7 @@ class OrtEngine:
         self.decoder = ort.InferenceSession(str(model_dir.file(files["decoder_step"])), opts, providers=providers)
         self.provider = self.decoder.get_providers()[0]
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
-            raise RuntimeError(f"--device cuda: the CUDA provider did not load (running {self.provider}); check the CUDA/cuDNN libraries")
+            raise DeviceError(f"--device cuda: the CUDA provider did not load (running {self.provider}); check the CUDA/cuDNN libraries")
         self.variant = variant
         log.info("onnxruntime provider: %s (variant %s, %d thread(s))", self.provider, variant, threads)
 

@@ -122,6 +122,7 @@ def translate(
     model: Annotated[str, typer.Option(help="Exported model directory.")] = "models/eng-fra",
     text_column: Annotated[str, typer.Option(help="Column with the text to translate.")] = "text",
     id_column: Annotated[Optional[str], typer.Option(help="Column with row ids (default: add row_id = file#row).")] = None,
+    reference_column: Annotated[Optional[str], typer.Option(help="Column with references (string or list): adds BLEU/chrF to run.json.")] = None,
     beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = 4,
     nbest: Annotated[int, typer.Option(help="Hypotheses per row; > 1 adds an nbest list column.")] = 1,
     length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = 1.0,
@@ -142,7 +143,7 @@ def translate(
     resume: Annotated[bool, typer.Option(help="Finish an earlier run in the output folder; committed shards are kept.")] = False,
 ) -> None:
     """Translate a Parquet corpus with onnxruntime in Ray Data actors; write Parquet shards and run.json."""
-    from s2s.export.runtime import ModelDirError
+    from s2s.export.runtime import DeviceError, ModelDirError
     from s2s.translate import JobError, TranslateConfig, fill_template, run_translate
     from s2s.translator import DecodeConfig
 
@@ -152,19 +153,43 @@ def translate(
         values = {"date": date, "partition": partition}
         input = fill_template(input, values)
         out = fill_template(output, values) if output else str(Path("outputs") / Path(input.rstrip("/")).stem.replace("*", "all"))
-        cfg = TranslateConfig(input=input, output=out, model=model, text_column=text_column, id_column=id_column, decode=decode,
+        cfg = TranslateConfig(input=input, output=out, model=model, text_column=text_column, id_column=id_column,
+                              reference_column=reference_column, decode=decode,
                               actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, device=device,
                               variant=variant, rows_per_shard=rows_per_shard, max_error_rate=max_error_rate,
                               overwrite=overwrite, resume=resume)
         summary = run_translate(cfg)
-    except (JobError, ModelDirError, ValueError, RuntimeError) as e:
+    except (JobError, ModelDirError, DeviceError, ValueError) as e:
         _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - Ray, storage or the machine failed: say so with the scheduler's code
+        _fail(f"run failed ({type(e).__name__}: {e}). Committed shards are kept: rerun the same command with --resume.", code=3)
+    if summary.get("nothing_to_do"):
+        return
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"{summary['rows']} rows, {summary['errors']} errors ({summary['error_rate']:.2%}), "
                f"{summary['sentences_per_s']} sentences/s, {summary['tokens_per_s']} tokens/s, "
                f"provider {', '.join(summary['providers']) or 'none (nothing to do)'}, {summary['wall_seconds']} s; run.json in {cfg.output}")
     if summary["error_rate"] > cfg.max_error_rate:
         _fail(f"error rate {summary['error_rate']:.2%} is over --max-error-rate {cfg.max_error_rate:.2%}", code=1)
+
+
+@app.command()
+def report(
+    output_dirs: Annotated[list[Path], typer.Argument(help="One translate --output folder, or two to compare.")],
+) -> None:
+    """Print a translate run's run.json, or compare two runs side by side."""
+    from s2s.report import format_comparison, format_report, load_run
+
+    if len(output_dirs) not in (1, 2):
+        _fail("give one output folder, or two to compare")
+    try:
+        runs = [load_run(d) for d in output_dirs]
+    except FileNotFoundError as e:
+        _fail(str(e))
+    if len(runs) == 1:
+        typer.echo(format_report(runs[0]))
+    else:
+        typer.echo(format_comparison(runs[0], runs[1], (output_dirs[0].name, output_dirs[1].name)))
 
 
 def main() -> None:  # pragma: no cover

@@ -30,6 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from s2s.export.runtime import choose_providers, library_versions
+from s2s.quality import QualityCounts, as_references
 from s2s.translator import DecodeConfig
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class TranslateConfig:
     model: str = "models/eng-fra"  # exported model directory
     text_column: str = "text"
     id_column: str | None = None  # None: add `row_id` = "<file>#<row>"
+    reference_column: str | None = None  # references (a string or a list of strings): adds BLEU/chrF to run.json
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     actors: int = 0  # 0: as many as fit while leaving room for the read and write tasks
     cpus_per_actor: float = 1.0
@@ -124,10 +127,9 @@ def plan_units(fs: pafs.FileSystem, files: list[str], cfg: TranslateConfig) -> t
                 names, n_rows = meta.schema_arrow.names, meta.metadata.num_rows
         except (pa.ArrowInvalid, OSError) as e:
             raise JobError(f"{f}: not a readable Parquet file ({e}). Fix or remove it, then run again.") from e
-        for col in (cfg.text_column, cfg.id_column):
+        for col, flag in ((cfg.text_column, "--text-column"), (cfg.id_column, "--id-column"), (cfg.reference_column, "--reference-column")):
             if col and col not in names:
-                raise JobError(f"{f}: no column {col!r}; it has {names}. Name the right one with "
-                               f"{'--text-column' if col == cfg.text_column else '--id-column'}.")
+                raise JobError(f"{f}: no column {col!r}; it has {names}. Name the right one with {flag}.")
         if not cfg.id_column and "row_id" in names:
             raise JobError(f"{f}: already has a column 'row_id'; pass --id-column row_id to use it as the id.")
         columns = columns or names
@@ -295,6 +297,8 @@ def run_translate(cfg: TranslateConfig) -> dict:
 
     t0 = time.time()
     model_dir = load_model_dir(cfg.model)  # fails at once, naming the file, before any work starts
+    if cfg.device == "cuda" and not os.environ.get("RAY_ADDRESS"):
+        choose_providers("cuda")  # local run: the actors will run here, so fail now, not inside Ray
     fs, files = list_inputs(cfg.input)
     units, columns = plan_units(fs, files, cfg)
     settings = {"model": str(Path(cfg.model).resolve()), "model_files": model_dir.manifest["files"], "inputs": files,
@@ -305,6 +309,9 @@ def run_translate(cfg: TranslateConfig) -> dict:
     todo = [u for u in units if u["name"] not in done]
     print(f"{len(files)} input file(s), {sum(u['stop'] - u['start'] for u in units)} rows in {len(units)} shard(s); "
           f"{len(done)} already committed, {len(todo)} to do", flush=True)
+    if not todo and _exists(cfg.output, RUN_FILE):
+        print(f"nothing to do: all {len(units)} shards are already in {cfg.output} (its run.json is kept)", flush=True)
+        return {**_read_run_json(cfg), "nothing_to_do": True}
 
     stats: list[dict] = []
     if todo:
@@ -342,9 +349,15 @@ def _summarize(cfg: TranslateConfig, stats: list[dict], n_units: int, n_skipped:
     parts = [i.path for i in fs.get_file_info(pafs.FileSelector(out)) if Path(i.path).name.startswith("part-")]
     rows = errors = src_tokens = tgt_tokens = 0
     kinds: dict[str, int] = {}
+    quality = QualityCounts()
+    columns = ["error", "src_tokens", "tgt_tokens", "translation", cfg.text_column] + ([cfg.reference_column] if cfg.reference_column else [])
     for p in parts:
         with fs.open_input_file(p) as f:
-            t = pq.read_table(f, columns=["error", "src_tokens", "tgt_tokens"])
+            t = pq.read_table(f, columns=columns)
+        for row in t.to_pylist():
+            if row["error"] is None:
+                refs = as_references(row[cfg.reference_column]) if cfg.reference_column else None
+                quality.add(row[cfg.text_column], row["translation"], row["src_tokens"], row["tgt_tokens"], refs)
         errs = t.column("error").to_pylist()
         rows += t.num_rows
         errors += sum(e is not None for e in errs)
@@ -365,7 +378,21 @@ def _summarize(cfg: TranslateConfig, stats: list[dict], n_units: int, n_skipped:
         "rows_this_run": rows_now, "wall_seconds": round(wall, 2),
         "sentences_per_s": round(rows_now / wall, 2) if wall else 0.0, "tokens_per_s": round(tokens_now / wall, 2) if wall else 0.0,
         "providers": sorted({s["provider"] for s in stats}), "decode": dataclasses.asdict(cfg.decode),
+        "quality": quality.signals(),
+        "model_manifest": {k: manifest.get(k) for k in ("created", "exporter", "opset", "default_cpu_variant", "vocab_sizes", "limits")},
+        "versions": library_versions(),
     }
+
+
+def _exists(output: str, name: str) -> bool:
+    fs, out = _filesystem(output)
+    return fs.get_file_info(f"{out}/{name}").type == pafs.FileType.File
+
+
+def _read_run_json(cfg: TranslateConfig) -> dict:
+    fs, out = _filesystem(cfg.output)
+    with fs.open_input_stream(f"{out}/{RUN_FILE}") as f:
+        return json.loads(f.read())
 
 
 def _write_run_json(cfg: TranslateConfig, summary: dict) -> None:

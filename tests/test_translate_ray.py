@@ -56,6 +56,12 @@ def test_translate_end_to_end(tiny_model_dir, corpus_300, tmp_path, ray_2cpus):
     saved = json.loads((tmp_path / "out" / "run.json").read_text())
     assert saved["rows"] == 300 and saved["errors"] == 3 and saved["complete"] and saved["providers"] == ["CPUExecutionProvider"]
     assert saved["error_kinds"] == {"null text": 1, "empty or whitespace-only text": 1, "input over max_input_tokens": 1}
+    # the same run again is a no-op that says so and keeps run.json as it was
+    before = (tmp_path / "out" / "run.json").read_bytes()
+    again = run_translate(TranslateConfig(input=str(corpus_300), output=str(tmp_path / "out"), model=str(tiny_model_dir),
+                                          decode=FAST, rows_per_shard=100, resume=True))
+    assert again["nothing_to_do"] and again["rows"] == 300
+    assert (tmp_path / "out" / "run.json").read_bytes() == before and len(_output(tmp_path / "out")[1]) == 3
     # nbest adds a list column
     run_translate(TranslateConfig(input=str(corpus_300), output=str(tmp_path / "nbest"), model=str(tiny_model_dir),
                                   decode=DecodeConfig(beam_size=2, nbest=2, max_decoding_length=20), rows_per_shard=300))
@@ -87,13 +93,15 @@ def test_bad_runs_say_why_at_once(tiny_model_dir, corpus_300, tmp_path):
         run()
 
 
-def test_device_cuda_fails_at_once_where_cuda_cannot_load():
+def test_device_cuda_fails_at_once_where_cuda_cannot_load(tiny_model_dir):
     ok, why = cuda_available()
     if ok:
         assert choose_providers("cuda")[0] == "CUDAExecutionProvider"
     else:
         with pytest.raises(RuntimeError, match="--device cuda"):
             choose_providers("cuda")
+        with pytest.raises(RuntimeError, match="--device cuda"):  # the job stops before Ray starts
+            run_translate(TranslateConfig(input="nowhere.parquet", output="never", model=str(tiny_model_dir), device="cuda"))
         assert choose_providers("auto") == ["CPUExecutionProvider"]
 
 

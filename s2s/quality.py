@@ -1,0 +1,72 @@
+"""Quality signals of a translate run that need no reference, and BLEU/chrF where references exist.
+
+A scheduler cannot read translations every night; these numbers move when something breaks: a length
+ratio far from the training data's, sources copied through untranslated, unknown tokens, or a decoder
+stuck repeating itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+UNKNOWN_PIECE = "\u2047"  # what SentencePiece writes for an unknown token (" ⁇ ")
+
+
+def has_repeated_ngram(text: str, n: int = 4) -> bool:
+    """Whether some word n-gram occurs twice in `text` (a decoder stuck in a loop)."""
+    words = text.split()
+    seen = set()
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i : i + n])
+        if gram in seen:
+            return True
+        seen.add(gram)
+    return False
+
+
+def as_references(value: Any) -> list[str]:
+    """A reference cell as a list: one string, a list of strings, or nothing."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [v for v in value if isinstance(v, str)]
+
+
+@dataclass
+class QualityCounts:
+    """Running totals over the translated rows (rows with an error do not count)."""
+
+    rows: int = 0
+    src_tokens: int = 0
+    tgt_tokens: int = 0
+    copies: int = 0
+    unknown: int = 0
+    repeated: int = 0
+    hypotheses: list[str] = field(default_factory=list)  # only kept for rows that have references
+    references: list[list[str]] = field(default_factory=list)
+
+    def add(self, source: str, translation: str, src_tokens: int, tgt_tokens: int, references: list[str] | None = None) -> None:
+        self.rows += 1
+        self.src_tokens += src_tokens
+        self.tgt_tokens += tgt_tokens
+        self.copies += source.strip().casefold() == translation.strip().casefold()
+        self.unknown += translation.count(UNKNOWN_PIECE)
+        self.repeated += has_repeated_ngram(translation)
+        if references:
+            self.hypotheses.append(translation)
+            self.references.append(references)
+
+    def signals(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "length_ratio": round(self.tgt_tokens / self.src_tokens, 4) if self.src_tokens else None,
+            "copy_rate": round(self.copies / self.rows, 6) if self.rows else None,
+            "unknown_token_rate": round(self.unknown / self.tgt_tokens, 6) if self.tgt_tokens else None,
+            "repeated_4gram_rate": round(self.repeated / self.rows, 6) if self.rows else None,
+        }
+        if self.hypotheses:
+            from s2s.evaluate import corpus_scores
+
+            out.update({"reference_rows": len(self.hypotheses), **corpus_scores(self.hypotheses, self.references)})
+        return out

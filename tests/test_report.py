@@ -1,0 +1,59 @@
+"""run.json's quality signals and `s2s-job report`, on shards written by the job's own commit step."""
+
+import json
+
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from s2s.cli import app
+from s2s.quality import has_repeated_ngram
+from s2s.translate import TranslateConfig, _summarize, _write_run_json, commit_shard
+
+
+def _run_dir(tmp_path, name, translations):
+    out = tmp_path / name
+    out.mkdir()
+    n = len(translations)
+    table = pa.table({
+        "text": ["Hello there.", "I like cats.", "Same text", None][:n],
+        "refs": [["Bonjour.", "Salut."], ["J'aime les chats."], None, None][:n],
+        "row_id": [f"in#{i}" for i in range(n)],
+        "translation": translations,
+        "score": [None if t is None else -1.0 for t in translations],
+        "src_tokens": pa.array([3, 4, 2, 0][:n], pa.int32()),
+        "tgt_tokens": pa.array([0 if t is None else len(t.split()) for t in translations], pa.int32()),
+        "error": [None if t is not None else "null text" for t in translations],
+        "_unit": ["part-a-0.parquet"] * n, "_seconds": [2.0] * n, "_provider": ["CPUExecutionProvider"] * n,
+    })
+    stats = commit_shard(table, str(out)).to_pylist()
+    cfg = TranslateConfig(input="in.parquet", output=str(out), reference_column="refs")
+    summary = _summarize(cfg, stats, n_units=1, n_skipped=0, wall=2.0, manifest={"files": {"encoder.onnx": "x"}})
+    _write_run_json(cfg, summary)
+    return out, summary
+
+
+def test_quality_signals(tmp_path):
+    _, s = _run_dir(tmp_path, "a", ["Bonjour.", "J'aime les chats les chats les chats les chats.", "Same text", None])
+    q = s["quality"]
+    assert s["rows"] == 4 and s["errors"] == 1 and s["error_kinds"] == {"null text": 1}
+    assert q["copy_rate"] == pytest.approx(1 / 3, abs=1e-5) and q["repeated_4gram_rate"] == pytest.approx(1 / 3, abs=1e-5)
+    assert q["length_ratio"] == pytest.approx((1 + 9 + 2) / (3 + 4 + 2), abs=1e-4)
+    assert q["unknown_token_rate"] == 0 and q["reference_rows"] == 2 and q["bleu"] > 0 and q["chrf"] > 0
+    assert {"ray", "pyarrow"} <= set(s["versions"]) and s["complete"]
+    assert has_repeated_ngram("a b c d a b c d") and not has_repeated_ngram("a b c d e a b c")
+
+
+def test_report_one_run_and_two_side_by_side(tmp_path):
+    a, _ = _run_dir(tmp_path, "a", ["Bonjour.", "J'aime les chats.", "Same text", None])
+    b, _ = _run_dir(tmp_path, "b", ["Salut.", "J'aime les chiens.", "Même texte"])
+    runner = CliRunner()
+    one = runner.invoke(app, ["report", str(a)])
+    assert one.exit_code == 0 and "copy rate" in one.output and "error: null text" in one.output
+    two = runner.invoke(app, ["report", str(a), str(b)])
+    assert two.exit_code == 0, two.output
+    rows_line = next(line for line in two.output.splitlines() if line.startswith("rows"))
+    assert rows_line.split()[1:] == ["4", "3", "-1", "(-25.0%)"]
+    missing = runner.invoke(app, ["report", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "no run.json" in missing.output
+    assert json.loads((a / "run.json").read_text())["quality"]["bleu"] == 100.0
