@@ -117,9 +117,9 @@ def list_inputs(spec: str) -> tuple[pafs.FileSystem, list[str]]:
     return fs, files
 
 
-def plan_units(fs: pafs.FileSystem, files: list[str], cfg: TranslateConfig) -> tuple[list[dict], list[str]]:
+def plan_units(fs: pafs.FileSystem, files: list[str], cfg: TranslateConfig) -> list[dict]:
     """Check every file's footer (readable, has the columns) and cut it into row ranges."""
-    units, columns = [], None
+    units = []
     for f in files:
         try:
             with fs.open_input_file(f) as handle:
@@ -132,18 +132,17 @@ def plan_units(fs: pafs.FileSystem, files: list[str], cfg: TranslateConfig) -> t
                 raise JobError(f"{f}: no column {col!r}; it has {names}. Name the right one with {flag}.")
         if not cfg.id_column and "row_id" in names:
             raise JobError(f"{f}: already has a column 'row_id'; pass --id-column row_id to use it as the id.")
-        columns = columns or names
         key = hashlib.sha1(f.encode()).hexdigest()[:12]
         for start in range(0, n_rows, cfg.rows_per_shard):
             units.append({"path": f, "start": start, "stop": min(n_rows, start + cfg.rows_per_shard),
                           "name": f"part-{key}-{start:010d}.parquet", "file_label": Path(f).name})
-    return units, columns or []
+    return units
 
 
 # ---------------------------------------------------------------- the three stages (Ray tasks and actors)
 
 
-def read_unit(batch: pa.Table, text_column: str, id_column: str | None) -> pa.Table:
+def read_unit(batch: pa.Table, id_column: str | None) -> pa.Table:
     """Read the rows of each unit in `batch`; tag them with the unit and a stable id."""
     tables = []
     for unit in batch.to_pylist():
@@ -300,7 +299,7 @@ def run_translate(cfg: TranslateConfig) -> dict:
     if cfg.device == "cuda" and not os.environ.get("RAY_ADDRESS"):
         choose_providers("cuda")  # local run: the actors will run here, so fail now, not inside Ray
     fs, files = list_inputs(cfg.input)
-    units, columns = plan_units(fs, files, cfg)
+    units = plan_units(fs, files, cfg)
     settings = {"model": str(Path(cfg.model).resolve()), "model_files": model_dir.manifest["files"], "inputs": files,
                 "text_column": cfg.text_column, "id_column": cfg.id_column, "rows_per_shard": cfg.rows_per_shard,
                 "decode": dataclasses.asdict(cfg.decode), "variant": cfg.variant}
@@ -327,7 +326,7 @@ def run_translate(cfg: TranslateConfig) -> dict:
         small = 0.25  # CPUs for a read or commit task: they mostly wait on I/O
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
         ds = ds.map_batches(read_unit, batch_size=None, batch_format="pyarrow", num_cpus=small,
-                            fn_kwargs={"text_column": cfg.text_column, "id_column": cfg.id_column})
+                            fn_kwargs={"id_column": cfg.id_column})
         ds = ds.map_batches(TranslateBatch, batch_size=None, batch_format="pyarrow", concurrency=actors,
                             num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
                             fn_constructor_kwargs={"model": str(Path(cfg.model).resolve()) if "://" not in cfg.model else cfg.model,
