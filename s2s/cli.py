@@ -174,6 +174,20 @@ def translate(
 
 
 @app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more training run directories, overlaid.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("curves.png"),
+) -> None:
+    """Draw training curves (loss, valid BLEU and chrF, tokens/s) of one run or several overlaid."""
+    from s2s.plots import plot_curves
+
+    try:
+        typer.echo(f"wrote {plot_curves(run_dirs, out)}")
+    except FileNotFoundError as e:
+        _fail(str(e))
+
+
+@app.command()
 def report(
     output_dirs: Annotated[list[Path], typer.Argument(help="One translate --output folder, or two to compare.")],
 ) -> None:

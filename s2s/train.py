@@ -234,6 +234,16 @@ def validate(model: Seq2Seq, run: Path, rank: int, world: int, device: torch.dev
             "samples": [{"src": valid[i]["src"], "hyp": all_hyps[i], "ref": valid[i]["refs"][0]} for i in range(min(3, len(valid)))]}
 
 
+def _plot(run: Path) -> None:
+    """Redraw curves.png; a picture that fails to draw must not stop a training run."""
+    try:
+        from s2s.plots import plot_curves
+
+        plot_curves([run], run / "curves.png")
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not draw %s: %s", run / "curves.png", e)
+
+
 def _cpu_copy(model: Seq2Seq) -> Seq2Seq:
     copy = Seq2Seq(model.cfg)
     copy.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -342,6 +352,7 @@ def fit(cfg: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = 
             checkpoint(ckpt_dir / "last.pt", record)
             if improved:
                 checkpoint(ckpt_dir / "best.pt", record)
+            _plot(run)
         t_ckpt = time.time()
         if report:
             report({k: v for k, v in record.items() if isinstance(v, (int, float))})

@@ -1,0 +1,63 @@
+"""Pictures: training curves from metrics.jsonl, and a source-by-target attention map. matplotlib, Agg."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """The (train interval, epoch) records of a run's metrics.jsonl, by step.
+
+    A resumed run logs again the steps it redoes after its last checkpoint; the later record wins.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics.jsonl; is {run_dir} a training run directory?")
+    by_step: dict[tuple[str, int], dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            by_step[(r["kind"], r["step"])] = r
+    records = sorted(by_step.values(), key=lambda r: r["step"])
+    return [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "epoch"]
+
+
+def plot_curves(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Train/valid loss, valid BLEU and chrF, and tokens/s against steps; several runs overlaid."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
+    (ax_loss, ax_bleu), (ax_chrf, ax_speed) = axes
+    for run in run_dirs:
+        train, epochs = read_metrics(run)
+        name = Path(run).name
+        if train:
+            steps = [r["step"] for r in train]
+            line, = ax_loss.plot(steps, [r["loss"] for r in train], label=f"{name} train", alpha=0.8)
+            ax_speed.plot(steps, [r["tokens_per_s"] for r in train], label=name, color=line.get_color())
+            color = line.get_color()
+        else:
+            color = None
+        if epochs:
+            e_steps = [r["step"] for r in epochs]
+            ax_loss.plot(e_steps, [r["valid_loss"] for r in epochs], "o--", color=color, label=f"{name} valid")
+            ax_bleu.plot(e_steps, [r["valid_bleu"] for r in epochs], "o-", color=color, label=name)
+            ax_chrf.plot(e_steps, [r["valid_chrf"] for r in epochs], "o-", color=color, label=name)
+    for ax, title, ylabel in ((ax_loss, "Loss (train: label-smoothed; valid: NLL)", "loss per token"),
+                              (ax_bleu, "Valid BLEU (greedy, multi-reference)", "BLEU"),
+                              (ax_chrf, "Valid chrF", "chrF"),
+                              (ax_speed, "Training throughput", "target tokens/s")):
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

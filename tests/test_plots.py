@@ -1,0 +1,36 @@
+"""Pictures are real PNGs of the expected size, drawn from real runs."""
+
+import struct
+
+from typer.testing import CliRunner
+
+from s2s.cli import app
+from s2s.plots import read_metrics
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height, len(data)
+
+
+def test_training_writes_curves_and_plot_overlays_runs(tiny_run, tmp_path):
+    width, height, size = _png_size(tiny_run / "curves.png")  # drawn by `fit` after the epoch
+    assert (width, height) == (1100, 750) and size > 20_000
+    out = tmp_path / "both.png"
+    result = CliRunner().invoke(app, ["plot", str(tiny_run), str(tiny_run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert _png_size(out)[:2] == (1100, 750)
+    missing = CliRunner().invoke(app, ["plot", str(tmp_path)])
+    assert missing.exit_code == 2 and "metrics.jsonl" in missing.output
+
+
+def test_resumed_steps_count_once(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("\n".join([
+        '{"kind": "train", "step": 50, "loss": 5.0, "tokens_per_s": 1}',
+        '{"kind": "train", "step": 100, "loss": 4.0, "tokens_per_s": 1}',
+        '{"kind": "train", "step": 100, "loss": 3.9, "tokens_per_s": 2}',
+    ]))
+    train, epochs = read_metrics(tmp_path)
+    assert [(r["step"], r["loss"]) for r in train] == [(50, 5.0), (100, 3.9)] and epochs == []
