@@ -158,9 +158,9 @@ class OrtEngine:
         return {"h": h, "c": c, "feed": feed, "memory": memory, "mask": mask}
 
     def step(self, prev: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        lp, h, c, feed, _ = self.decoder.run(None, {"prev": prev.astype(np.int64), "h": state["h"], "c": state["c"], "feed": state["feed"],
-                                                    "memory": state["memory"], "mask": state["mask"]})
-        return lp, {**state, "h": h, "c": c, "feed": feed}
+        lp, h, c, feed, attn = self.decoder.run(None, {"prev": prev.astype(np.int64), "h": state["h"], "c": state["c"], "feed": state["feed"],
+                                                       "memory": state["memory"], "mask": state["mask"]})
+        return lp, {**state, "h": h, "c": c, "feed": feed, "attention": attn}
 
 
 def load_translator(path: str | Path, decode: DecodeConfig | None = None, variant: str = "auto", device: str = "auto",

@@ -188,6 +188,32 @@ def plot(
 
 
 @app.command()
+def attention(
+    model_dir: Annotated[Path, typer.Argument(help="Exported model directory.")],
+    text: Annotated[str, typer.Argument(help="A source sentence.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("attention.png"),
+) -> None:
+    """Translate one sentence (greedy, onnxruntime) and draw its source-by-target attention map."""
+    from s2s.export.runtime import ModelDirError, load_translator
+    from s2s.plots import plot_attention
+    from s2s.translator import attention_of
+
+    try:
+        translator = load_translator(model_dir, device="cpu")
+    except ModelDirError as e:
+        _fail(str(e))
+    src_ids, _, err = translator.encode_source(text)
+    result = translator.translate([text])[0]
+    if err or result.error:
+        _fail(err or result.error)
+    matrix = attention_of(translator.engine, src_ids, result.tokens)
+    src = [translator.src_sp.id_to_piece(i) for i in src_ids]
+    tgt = [translator.tgt_sp.id_to_piece(i) for i in result.tokens] + ["</s>"]
+    plot_attention(matrix, src, tgt, out, f"{text}\n→ {result.translation}")
+    typer.echo(f"{result.translation}\nwrote {out}")
+
+
+@app.command()
 def report(
     output_dirs: Annotated[list[Path], typer.Argument(help="One translate --output folder, or two to compare.")],
 ) -> None:

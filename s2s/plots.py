@@ -28,6 +28,28 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     return [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "epoch"]
 
 
+def plot_attention(matrix, src_pieces: list[str], tgt_pieces: list[str], out: str | Path, title: str = "") -> Path:
+    """Heatmap of attention weights: target subwords down, source subwords across."""
+    import textwrap
+
+    rows, cols = len(tgt_pieces), len(src_pieces)
+    width = min(max(6.0, 2 + 0.45 * cols), 24)
+    fig, ax = plt.subplots(figsize=(width, min(2 + 0.4 * rows, 24)), constrained_layout=True)
+    image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(cols), src_pieces, rotation=60, ha="right", fontsize=9)
+    ax.set_yticks(range(rows), tgt_pieces, fontsize=9)
+    ax.set_xlabel("source subwords")
+    ax.set_ylabel("output subwords")
+    if title:  # wrapped to the figure's width so a long sentence is not cut off
+        lines = [textwrap.fill(line, width=int(width * 11)) for line in title.splitlines()]
+        ax.set_title("\n".join(lines), fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.04, label="attention weight")
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def plot_curves(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Train/valid loss, valid BLEU and chrF, and tokens/s against steps; several runs overlaid."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)

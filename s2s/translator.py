@@ -69,8 +69,8 @@ class TorchEngine:
 
     @torch.inference_mode()
     def step(self, prev: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        lp, h, c, feed, _ = self.model.decode_step(torch.from_numpy(prev), state["h"], state["c"], state["feed"], state["memory"], state["mask"])
-        return lp.numpy(), {**state, "h": h, "c": c, "feed": feed}
+        lp, h, c, feed, attn = self.model.decode_step(torch.from_numpy(prev), state["h"], state["c"], state["feed"], state["memory"], state["mask"])
+        return lp.numpy(), {**state, "h": h, "c": c, "feed": feed, "attention": attn}
 
 
 def pad_ids(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +80,18 @@ def pad_ids(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s
     return out, lens
+
+
+def attention_of(engine: Engine, src_ids: list[int], out_ids: list[int]) -> np.ndarray:
+    """Attention (len(out_ids) + 1, len(src_ids)) of each output step over the source, EOS's step last."""
+    src, lens = pad_ids([src_ids])
+    state = engine.encode(src, lens)
+    prev, rows = BOS_ID, []
+    for tok in out_ids + [EOS_ID]:
+        _, state = engine.step(np.asarray([prev], dtype=np.int64), state)
+        rows.append(np.asarray(state["attention"], dtype=np.float32)[0])
+        prev = tok
+    return np.stack(rows)
 
 
 def check_text(text: Any) -> str | None:

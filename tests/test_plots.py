@@ -34,3 +34,25 @@ def test_resumed_steps_count_once(tmp_path):
     ]))
     train, epochs = read_metrics(tmp_path)
     assert [(r["step"], r["loss"]) for r in train] == [(50, 5.0), (100, 3.9)] and epochs == []
+
+
+def test_attention_map(tiny_run, tiny_model_dir, tmp_path):
+    import numpy as np
+
+    from s2s.evaluate import load_model
+    from s2s.export.runtime import load_translator
+    from s2s.translator import TorchEngine, attention_of
+
+    translator = load_translator(tiny_model_dir, device="cpu")
+    src_ids, _, _ = translator.encode_source("I like cats and dogs.")
+    out_ids = translator.translate(["I like cats and dogs."])[0].tokens
+    ort_att = attention_of(translator.engine, src_ids, out_ids)
+    assert ort_att.shape == (len(out_ids) + 1, len(src_ids))
+    np.testing.assert_allclose(ort_att.sum(axis=1), 1.0, atol=1e-5)  # each output step spreads one unit over the source
+    model, _ = load_model(tiny_run / "checkpoints" / "best.pt")
+    np.testing.assert_allclose(attention_of(TorchEngine(model), src_ids, out_ids), ort_att, atol=1e-5)
+    out = tmp_path / "att.png"
+    result = CliRunner().invoke(app, ["attention", str(tiny_model_dir), "I like cats and dogs.", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    width, height, size = _png_size(out)
+    assert width >= 600 and height >= 200 and size > 5_000
