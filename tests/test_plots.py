@@ -43,7 +43,7 @@ def test_attention_map(tiny_run, tiny_model_dir, tmp_path):
     from s2s.export.runtime import load_translator
     from s2s.translator import TorchEngine, attention_of
 
-    translator = load_translator(tiny_model_dir, device="cpu")
+    translator = load_translator(tiny_model_dir, variant="fp32", device="cpu")  # compared with fp32 PyTorch below
     src_ids, _, _ = translator.encode_source("I like cats and dogs.")
     out_ids = translator.translate(["I like cats and dogs."])[0].tokens
     ort_att = attention_of(translator.engine, src_ids, out_ids)
