@@ -75,13 +75,15 @@ def evaluate(
     length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = 1.0,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     samples: Annotated[int, typer.Option(help="Sample translations to show.")] = 5,
+    attention: Annotated[int, typer.Option(help="Draw attention maps of this many samples into RUN_DIR/attention/.")] = 0,
 ) -> None:
     """Score a run's checkpoint on its test split (BLEU, chrF, multi-reference) and write eval.json."""
     from s2s.evaluate import evaluate_run
     from s2s.translator import DecodeConfig
 
     try:
-        result = evaluate_run(run_dir, split, DecodeConfig(beam_size=beam_size, length_penalty=length_penalty), checkpoint, samples)
+        result = evaluate_run(run_dir, split, DecodeConfig(beam_size=beam_size, length_penalty=length_penalty), checkpoint, samples,
+                              attention)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
@@ -195,21 +197,14 @@ def attention(
 ) -> None:
     """Translate one sentence (greedy, onnxruntime) and draw its source-by-target attention map."""
     from s2s.export.runtime import ModelDirError, load_translator
-    from s2s.plots import plot_attention
-    from s2s.translator import attention_of
+    from s2s.plots import draw_translation_attention
 
     try:
         translator = load_translator(model_dir, device="cpu")
-    except ModelDirError as e:
+        result = translator.translate([text])[0]
+        draw_translation_attention(translator, text, result, out)
+    except (ModelDirError, ValueError) as e:
         _fail(str(e))
-    src_ids, _, err = translator.encode_source(text)
-    result = translator.translate([text])[0]
-    if err or result.error:
-        _fail(err or result.error)
-    matrix = attention_of(translator.engine, src_ids, result.tokens)
-    src = [translator.src_sp.id_to_piece(i) for i in src_ids]
-    tgt = [translator.tgt_sp.id_to_piece(i) for i in result.tokens] + ["</s>"]
-    plot_attention(matrix, src, tgt, out, f"{text}\n→ {result.translation}")
     typer.echo(f"{result.translation}\nwrote {out}")
 
 

@@ -43,7 +43,7 @@ def load_model(checkpoint: str | Path) -> tuple[Seq2Seq, dict]:
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", decode: DecodeConfig | None = None, checkpoint: str = "best",
-                 samples: int = 5) -> dict:
+                 samples: int = 5, attention: int = 0) -> dict:
     """Translate a run's held-out split with its checkpoint; write and return eval.json's contents."""
     run = Path(run_dir)
     if not (run / "config.json").is_file():
@@ -63,7 +63,14 @@ def evaluate_run(run_dir: str | Path, split: str = "test", decode: DecodeConfig 
         **corpus_scores(hyps, [r["refs"] for r in rows]),
         "beam_size": decode.beam_size, "length_penalty": decode.length_penalty,
         "sentences_per_s": round(len(rows) / seconds, 1), "epoch": ckpt.get("state", {}).get("epoch"), "step": ckpt.get("state", {}).get("step"),
-        "samples": [{"src": rows[i]["src"], "hyp": hyps[i], "refs": rows[i]["refs"]} for i in range(0, len(rows), max(1, len(rows) // max(samples, 1)))][:samples],
     }
+    picked = list(range(0, len(rows), max(1, len(rows) // max(samples, 1))))[: max(samples, attention)]
+    result["samples"] = [{"src": rows[i]["src"], "hyp": hyps[i], "refs": rows[i]["refs"]} for i in picked[:samples]]
+    if attention:
+        from s2s.plots import draw_translation_attention
+
+        (run / "attention").mkdir(exist_ok=True)
+        result["attention_maps"] = [str(draw_translation_attention(translator, rows[i]["src"], out[i], run / "attention" / f"{n}.png"))
+                                    for n, i in enumerate(picked[:attention]) if out[i].error is None]
     (run / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     return result

@@ -50,6 +50,19 @@ def plot_attention(matrix, src_pieces: list[str], tgt_pieces: list[str], out: st
     return out
 
 
+def draw_translation_attention(translator, text: str, translation, out: str | Path) -> Path:
+    """The attention map of `translation` (a Translation of `text` by `translator`) as a PNG."""
+    from s2s.translator import attention_of
+
+    src_ids, _, err = translator.encode_source(text)
+    if err or translation.error:
+        raise ValueError(f"{text!r}: {err or translation.error}")
+    matrix = attention_of(translator.engine, src_ids, translation.tokens)
+    src = [translator.src_sp.id_to_piece(i) for i in src_ids]
+    tgt = [translator.tgt_sp.id_to_piece(i) for i in translation.tokens] + ["</s>"]
+    return plot_attention(matrix, src, tgt, out, f"{text}\n→ {translation.translation}")
+
+
 def plot_curves(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Train/valid loss, valid BLEU and chrF, and tokens/s against steps; several runs overlaid."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)

@@ -1,6 +1,7 @@
 """Pictures are real PNGs of the expected size, drawn from real runs."""
 
 import struct
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -56,3 +57,12 @@ def test_attention_map(tiny_run, tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     width, height, size = _png_size(out)
     assert width >= 600 and height >= 200 and size > 5_000
+
+
+def test_evaluate_draws_attention_maps(tiny_run):
+    from s2s.evaluate import evaluate_run
+
+    result = evaluate_run(tiny_run, "valid", samples=3, attention=2)
+    assert len(result["samples"]) == 3 and len(result["attention_maps"]) == 2
+    for path in result["attention_maps"]:
+        assert _png_size(Path(path))[2] > 5_000
