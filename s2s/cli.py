@@ -211,12 +211,18 @@ def attention(
 @app.command()
 def report(
     output_dirs: Annotated[list[Path], typer.Argument(help="One translate --output folder, or two to compare.")],
+    html: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML page for the (first) run here.")] = None,
 ) -> None:
-    """Print a translate run's run.json, or compare two runs side by side."""
-    from s2s.report import format_comparison, format_report, load_run
+    """Print a translate run's run.json, or compare two runs side by side; --html writes a page."""
+    from s2s.report import format_comparison, format_report, load_run, write_html
 
     if len(output_dirs) not in (1, 2):
         _fail("give one output folder, or two to compare")
+    if html:
+        try:
+            typer.echo(f"wrote {write_html(output_dirs[0], html)}")
+        except FileNotFoundError as e:
+            _fail(str(e))
     try:
         runs = [load_run(d) for d in output_dirs]
     except FileNotFoundError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import IO
 
 import matplotlib
 
@@ -63,7 +64,7 @@ def draw_translation_attention(translator, text: str, translation, out: str | Pa
     return plot_attention(matrix, src, tgt, out, f"{text}\n→ {translation.translation}")
 
 
-def plot_curves(run_dirs: list[str | Path], out: str | Path) -> Path:
+def plot_curves(run_dirs: list[str | Path], out: str | Path | IO[bytes]) -> str | Path | IO[bytes]:
     """Train/valid loss, valid BLEU and chrF, and tokens/s against steps; several runs overlaid."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
     (ax_loss, ax_bleu), (ax_chrf, ax_speed) = axes
@@ -92,7 +93,6 @@ def plot_curves(run_dirs: list[str | Path], out: str | Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    out = Path(out)
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, format="png")  # a path or an open binary file
     plt.close(fig)
     return out

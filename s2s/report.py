@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -76,3 +78,115 @@ def format_comparison(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> 
             change = f"{vb - va:+.4g}" + (f" ({(vb - va) / va:+.1%})" if va else "")
         lines.append(f"{label:<{width}}  {_show(va):>{cols[0]}}  {_show(vb):>{cols[1]}}  {change}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the HTML page (report --html)
+
+
+def _png_data_uri(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _histograms(rows: list[dict]) -> tuple[str, str]:
+    """Length-ratio and per-token score histograms of the translated rows, as data URIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["error"] is None and r["src_tokens"]]
+    ratios = [r["tgt_tokens"] / r["src_tokens"] for r in ok]
+    scores = [r["score"] / max(r["tgt_tokens"] + 1, 1) for r in ok]  # per output token, EOS included
+    uris = []
+    for values, xlabel, title in ((ratios, "target tokens / source tokens", "Length ratio per row"),
+                                  (scores, "log-probability per output token", "Score per row")):
+        fig, ax = plt.subplots(figsize=(6, 3.4), constrained_layout=True)
+        ax.hist(values, bins=40, color="#3b75af")
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("rows")
+        ax.grid(alpha=0.3)
+        uris.append(_png_data_uri(fig))
+    return uris[0], uris[1]
+
+
+def _training_curves(run: dict) -> str | None:
+    """The model's training curves as a data URI, when the run directory it came from is still there."""
+    try:
+        manifest = json.loads((Path(run["model"]) / "manifest.json").read_text())
+        run_dir = Path(manifest["training"]["run_dir"])
+        from s2s.plots import plot_curves
+
+        buf = io.BytesIO()
+        plot_curves([run_dir], buf)
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def write_html(output_dir: str | Path, out: str | Path, samples: int = 50) -> Path:
+    """One self-contained HTML page for a translate run: figures, errors, histograms, worst rows, curves."""
+    import glob
+    from html import escape
+
+    import pyarrow.parquet as pq
+
+    run = load_run(output_dir)
+    parts = sorted(glob.glob(str(Path(output_dir) / "part-*.parquet")))
+    table = pq.read_table(parts) if parts else None
+    rows = table.to_pylist() if table is not None else []
+    text_col = next((c for c in ("text", "src", "source") if table is not None and c in table.column_names), None)
+    id_col = "row_id" if table is not None and "row_id" in table.column_names else None
+
+    def figure_rows(d: dict, prefix: str = "") -> list[str]:
+        out_rows = []
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out_rows += figure_rows(v, f"{prefix}{k}.")
+            else:
+                out_rows.append(f"<tr><th>{escape(prefix + k)}</th><td>{escape(_show(v))}</td></tr>")
+        return out_rows
+
+    ratio_uri, score_uri = _histograms(rows) if rows else ("", "")
+    curves = _training_curves(run)
+    translated = [r for r in rows if r["error"] is None]
+    worst = sorted(translated, key=lambda r: r["score"] / max(r["tgt_tokens"] + 1, 1))[:samples]
+    sample_rows = "".join(
+        f"<tr><td>{escape(str(r.get(id_col, '')))}</td><td>{escape(str(r.get(text_col, '')))}</td>"
+        f"<td>{escape(r['translation'] or '')}</td><td>{r['score'] / max(r['tgt_tokens'] + 1, 1):.3f}</td></tr>" for r in worst)
+    errors = [r for r in rows if r["error"] is not None][:20]
+    error_rows = "".join(f"<tr><td>{escape(str(r.get(id_col, '')))}</td><td>{escape(r['error'])}</td></tr>" for r in errors)
+    kinds = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in sorted((run.get("error_kinds") or {}).items()))
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>s2s-job run: {escape(str(run.get('output')))}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; font-size: 14px; }}
+th {{ background: #f3f3f3; font-weight: 600; }}
+.figs {{ columns: 2; }} img {{ max-width: 100%; }}
+</style></head><body>
+<h1>Translate run {escape(str(run.get('output')))}</h1>
+<p>{run.get('rows')} rows, {run.get('errors')} errors ({100 * (run.get('error_rate') or 0):.2f}%),
+{escape(_show(run.get('sentences_per_s')))} sentences/s on {escape(_show(run.get('providers')))}.</p>
+<h2>Histograms</h2>
+<p><img alt="length ratio histogram" src="{ratio_uri}"> <img alt="score histogram" src="{score_uri}"></p>
+<h2>Lowest-scoring rows (per output token), first {len(worst)}</h2>
+<table><tr><th>id</th><th>source</th><th>translation</th><th>score/token</th></tr>{sample_rows}</table>
+<h2>Errors</h2>
+<table>{kinds or '<tr><td>none</td></tr>'}</table>
+{f'<table><tr><th>id</th><th>error</th></tr>{error_rows}</table>' if errors else ''}
+<h2>Model training curves</h2>
+{f'<p><img alt="training curves" src="{curves}"></p>' if curves else '<p>The training run directory named in the model manifest is not here.</p>'}
+<h2>run.json</h2>
+<table>{''.join(figure_rows(run))}</table>
+</body></html>
+"""
+    out = Path(out)
+    out.write_text(page, encoding="utf-8")
+    return out

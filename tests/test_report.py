@@ -11,7 +11,7 @@ from s2s.quality import has_repeated_ngram
 from s2s.translate import TranslateConfig, _summarize, _write_run_json, commit_shard
 
 
-def _run_dir(tmp_path, name, translations):
+def _run_dir(tmp_path, name, translations, model="models/eng-fra"):
     out = tmp_path / name
     out.mkdir()
     n = len(translations)
@@ -27,7 +27,7 @@ def _run_dir(tmp_path, name, translations):
         "_unit": ["part-a-0.parquet"] * n, "_seconds": [2.0] * n, "_provider": ["CPUExecutionProvider"] * n,
     })
     stats = commit_shard(table, str(out)).to_pylist()
-    cfg = TranslateConfig(input="in.parquet", output=str(out), reference_column="refs")
+    cfg = TranslateConfig(input="in.parquet", output=str(out), reference_column="refs", model=str(model))
     summary = _summarize(cfg, stats, n_units=1, n_skipped=0, wall=2.0, manifest={"files": {"encoder.onnx": "x"}})
     _write_run_json(cfg, summary)
     return out, summary
@@ -57,3 +57,46 @@ def test_report_one_run_and_two_side_by_side(tmp_path):
     missing = runner.invoke(app, ["report", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "no run.json" in missing.output
     assert json.loads((a / "run.json").read_text())["quality"]["bleu"] == 100.0
+
+
+def test_html_page_is_self_contained_and_complete(tmp_path, tiny_model_dir):
+    from html.parser import HTMLParser
+
+    out, summary = _run_dir(tmp_path, "a", ["Bonjour.", "J'aime les chats.", "Same text", None], model=tiny_model_dir)
+    page = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", str(out), "--html", str(page)])
+    assert result.exit_code == 0, result.output
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.images, self.external, self.text = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "img":
+                self.images.append(attrs.get("src", ""))
+            for key in ("src", "href"):
+                if attrs.get(key) and not attrs[key].startswith("data:"):
+                    self.external.append((tag, attrs[key]))
+            if tag in ("script", "link", "iframe"):
+                self.external.append((tag, attrs))
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    parser = Collect()
+    parser.feed(page.read_text())
+    text = " ".join(parser.text)
+    assert not parser.external  # nothing loaded from outside the file
+    assert len(parser.images) == 3 and all(src.startswith("data:image/png;base64,") and len(src) > 5000 for src in parser.images)
+
+    def scalars(d, prefix=""):
+        for k, v in d.items():
+            yield from scalars(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
+
+    from s2s.report import _show
+
+    for key, value in scalars(summary):
+        assert key in text and _show(value) in text, key
+    assert "J'aime les chats." in text and "null text" in text  # a sample row and the error breakdown
