@@ -56,7 +56,9 @@ def test_attention_map(tiny_run, tiny_model_dir, tmp_path):
     result = CliRunner().invoke(app, ["attention", str(tiny_model_dir), "I like cats and dogs.", "--out", str(out)])
     assert result.exit_code == 0, result.output
     width, height, size = _png_size(out)
-    assert width >= 600 and height >= 200 and size > 5_000
+    cols, rows = len(src_ids), len(out_ids) + 1  # the figure grows with the tokens on its axes, within bounds
+    expected = (min(max(6.0, 2 + 0.45 * cols), 24) * 100, min(2 + 0.4 * rows, 24) * 100)
+    assert abs(width - expected[0]) <= 1 and abs(height - expected[1]) <= 1 and size > 5_000
 
 
 def test_evaluate_draws_attention_maps(tiny_run):
