@@ -277,12 +277,15 @@ def fit(cfg: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = 
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]
+        if "rng" in ckpt:  # every rank seeds alike, so rank 0's state is everyone's: dropout continues as if never stopped
+            torch.set_rng_state(ckpt["rng"])
         if rank == 0:
             print(f"resumed from {ckpt_dir / 'last.pt'}: epoch {state['epoch']} batch {state['batch']} step {state['step']}", flush=True)
 
     def checkpoint(path: Path, metrics: dict | None = None) -> None:
         _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "state": dict(state), "model_config": dataclasses.asdict(model_cfg), "metrics": metrics}, path)
+               "state": dict(state), "model_config": dataclasses.asdict(model_cfg), "metrics": metrics,
+               "rng": torch.get_rng_state()}, path)
 
     def log_line(record: dict) -> None:
         if rank == 0:
