@@ -92,6 +92,11 @@ def _png_data_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _score_per_token(row: dict) -> float:
+    """A row's log-probability per output token, EOS included: comparable across lengths."""
+    return row["score"] / max(row["tgt_tokens"] + 1, 1)
+
+
 def _histograms(rows: list[dict]) -> tuple[str, str]:
     """Length-ratio and per-token score histograms of the translated rows, as data URIs."""
     import matplotlib
@@ -101,7 +106,7 @@ def _histograms(rows: list[dict]) -> tuple[str, str]:
 
     ok = [r for r in rows if r["error"] is None and r["src_tokens"]]
     ratios = [r["tgt_tokens"] / r["src_tokens"] for r in ok]
-    scores = [r["score"] / max(r["tgt_tokens"] + 1, 1) for r in ok]  # per output token, EOS included
+    scores = [_score_per_token(r) for r in ok]
     uris = []
     for values, xlabel, title in ((ratios, "target tokens / source tokens", "Length ratio per row"),
                                   (scores, "log-probability per output token", "Score per row")):
@@ -155,10 +160,10 @@ def write_html(output_dir: str | Path, out: str | Path, samples: int = 50) -> Pa
     ratio_uri, score_uri = _histograms(rows) if rows else ("", "")
     curves = _training_curves(run)
     translated = [r for r in rows if r["error"] is None]
-    worst = sorted(translated, key=lambda r: r["score"] / max(r["tgt_tokens"] + 1, 1))[:samples]
+    worst = sorted(translated, key=_score_per_token)[:samples]
     sample_rows = "".join(
         f"<tr><td>{escape(str(r.get(id_col, '')))}</td><td>{escape(str(r.get(text_col, '')))}</td>"
-        f"<td>{escape(r['translation'] or '')}</td><td>{r['score'] / max(r['tgt_tokens'] + 1, 1):.3f}</td></tr>" for r in worst)
+        f"<td>{escape(r['translation'] or '')}</td><td>{_score_per_token(r):.3f}</td></tr>" for r in worst)
     errors = [r for r in rows if r["error"] is not None][:20]
     error_rows = "".join(f"<tr><td>{escape(str(r.get(id_col, '')))}</td><td>{escape(r['error'])}</td></tr>" for r in errors)
     kinds = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in sorted((run.get("error_kinds") or {}).items()))

@@ -190,7 +190,6 @@ class TranslateBatch:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         _fault_hook("call")
-        t0 = time.time()
         results = self._safe_translate(batch.column(self.text_column).to_pylist())
         out = batch
         for name, typ, values in (
@@ -204,29 +203,27 @@ class TranslateBatch:
         if self.nbest > 1:
             nbest_type = pa.list_(pa.struct([("translation", pa.string()), ("score", pa.float64())]))
             out = out.append_column("nbest", pa.array([[{"translation": t, "score": s} for t, s in r.nbest] for r in results], nbest_type))
-        seconds = pa.array([time.time() - t0] * out.num_rows, pa.float64())
-        provider = pa.array([self.translator.engine.provider] * out.num_rows)
-        return out.append_column("_seconds", seconds).append_column("_provider", provider)
+        return out.append_column("_provider", pa.array([self.translator.engine.provider] * out.num_rows))
 
 
 def commit_shard(batch: pa.Table, output: str) -> pa.Table:
-    """Write each unit's rows to part-<unit>.parquet via a temporary name and a rename; return its stats."""
+    """Write each unit's rows to part-<unit>.parquet via a temporary name and a rename.
+
+    Returns what the driver needs for this attempt's speed; run.json's counts are read back from the
+    committed parts, so they include earlier attempts.
+    """
     fs, out = _filesystem(output)
     stats = []
     for name in sorted(set(batch.column("_unit").to_pylist())):
         rows = batch.filter(pc.equal(batch.column("_unit"), name))
-        seconds, provider = rows.column("_seconds")[0].as_py(), rows.column("_provider")[0].as_py()
-        rows = rows.drop_columns(["_unit", "_seconds", "_provider"])
+        provider = rows.column("_provider")[0].as_py()
+        rows = rows.drop_columns(["_unit", "_provider"])
         tmp = f"{out}/_tmp-{uuid.uuid4().hex}-{name}"
         with fs.open_output_stream(tmp) as sink:
             pq.write_table(rows, sink, compression="zstd")
         fs.move(tmp, f"{out}/{name}")
-        errors = rows.column("error").to_pylist()
-        stats.append({"unit": name, "rows": rows.num_rows, "errors": sum(e is not None for e in errors),
-                      "src_tokens": int(pc.sum(rows.column("src_tokens")).as_py() or 0),
-                      "tgt_tokens": int(pc.sum(rows.column("tgt_tokens")).as_py() or 0),
-                      "translate_seconds": seconds, "provider": provider,
-                      "error_kinds": json.dumps(_error_kinds(errors))})
+        stats.append({"unit": name, "rows": rows.num_rows, "tgt_tokens": int(pc.sum(rows.column("tgt_tokens")).as_py() or 0),
+                      "provider": provider})
     return pa.Table.from_pylist(stats)
 
 

@@ -24,7 +24,7 @@ def _run_dir(tmp_path, name, translations, model="models/eng-fra"):
         "src_tokens": pa.array([3, 4, 2, 0][:n], pa.int32()),
         "tgt_tokens": pa.array([0 if t is None else len(t.split()) for t in translations], pa.int32()),
         "error": [None if t is not None else "null text" for t in translations],
-        "_unit": ["part-a-0.parquet"] * n, "_seconds": [2.0] * n, "_provider": ["CPUExecutionProvider"] * n,
+        "_unit": ["part-a-0.parquet"] * n, "_provider": ["CPUExecutionProvider"] * n,
     })
     stats = commit_shard(table, str(out)).to_pylist()
     cfg = TranslateConfig(input="in.parquet", output=str(out), reference_column="refs", model=str(model))
