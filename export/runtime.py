@@ -1,4 +1,4 @@
-"""Load an exported model directory and run it with onnxruntime alone (no PyTorch on this path)."""
+"""Load an exported model directory and run it with onnxruntime (PyTorch only holds device buffers for I/O binding)."""
 
 from __future__ import annotations
 
@@ -129,9 +129,13 @@ def choose_providers(device: str) -> list[str]:
 
 
 class OrtEngine:
-    """Encoder + single-step decoder sessions as the step function the shared search runs on."""
+    """Encoder + single-step decoder sessions as the step function the shared search runs on.
 
-    def __init__(self, model_dir: ModelDir, variant: str = "auto", device: str = "auto", threads: int = 1):
+    `io_binding` (default: on with the CUDA provider) keeps the decoder state in device tensors between steps.
+    """
+
+    def __init__(self, model_dir: ModelDir, variant: str = "auto", device: str = "auto", threads: int = 1,
+                 io_binding: bool | None = None):
         import onnxruntime as ort
 
         m = model_dir.manifest
@@ -151,23 +155,71 @@ class OrtEngine:
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
             raise DeviceError(f"--device cuda: the CUDA provider did not load (running {self.provider}); check the CUDA/cuDNN libraries")
         self.variant = variant
-        log.info("onnxruntime provider: %s (variant %s, %d thread(s))", self.provider, variant, threads)
+        cfg = m["model_config"]
+        self.hidden, self.layers, self.vocab = cfg["hidden_size"], cfg["decoder_layers"], cfg["tgt_vocab_size"]
+        on_cuda = self.provider == "CUDAExecutionProvider"
+        self.io_binding = on_cuda if io_binding is None else io_binding
+        self.device = "cuda" if on_cuda else "cpu"
+        log.info("onnxruntime provider: %s (variant %s, %d thread(s)%s)", self.provider, variant, threads,
+                 ", I/O binding" if self.io_binding else "")
 
     def encode(self, src_ids: np.ndarray, src_lens: np.ndarray) -> State:
-        memory, mask, h, c, feed = self.encoder.run(None, {"src_ids": src_ids.astype(np.int64), "src_lens": src_lens.astype(np.int64)})
+        feeds = {"src_ids": src_ids.astype(np.int64), "src_lens": src_lens.astype(np.int64)}
+        if self.io_binding:
+            B, S, H, L = src_ids.shape[0], src_ids.shape[1], self.hidden, self.layers
+            shapes = {"memory": (B, S, H), "mask": (B, S), "h0": (B, L, H), "c0": (B, L, H), "feed0": (B, H)}
+            out = self._run_bound(self.encoder, feeds, shapes)
+            return {"h": out["h0"], "c": out["c0"], "feed": out["feed0"], "memory": out["memory"], "mask": out["mask"]}
+        memory, mask, h, c, feed = self.encoder.run(None, feeds)
         return {"h": h, "c": c, "feed": feed, "memory": memory, "mask": mask}
 
     def step(self, prev: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        lp, h, c, feed, attn = self.decoder.run(None, {"prev": prev.astype(np.int64), "h": state["h"], "c": state["c"], "feed": state["feed"],
-                                                       "memory": state["memory"], "mask": state["mask"]})
+        feeds = {"prev": prev.astype(np.int64), "h": state["h"], "c": state["c"], "feed": state["feed"], "memory": state["memory"],
+                 "mask": state["mask"]}
+        if self.io_binding:
+            N, S, H, L = len(prev), state["mask"].shape[1], self.hidden, self.layers
+            shapes = {"log_probs": (N, self.vocab), "h_out": (N, L, H), "c_out": (N, L, H), "feed_out": (N, H), "attention": (N, S)}
+            out = self._run_bound(self.decoder, feeds, shapes)
+            lp = out["log_probs"].cpu().numpy()  # the search picks tokens on the host; the state stays on the device
+            return lp, {**state, "h": out["h_out"], "c": out["c_out"], "feed": out["feed_out"], "attention": out["attention"]}
+        lp, h, c, feed, attn = self.decoder.run(None, feeds)
         return lp, {**state, "h": h, "c": c, "feed": feed, "attention": attn}
+
+    def _run_bound(self, session, feeds: dict, out_shapes: dict[str, tuple[int, ...]]) -> dict:
+        """Run with I/O binding: inputs and outputs are torch tensors on this engine's device, bound by pointer.
+
+        The state between steps then never leaves the device (the search reorders it with `index_select`);
+        only the log-probabilities come back to the host. On the CPU provider the same code runs (tests).
+        """
+        import torch
+
+        dtypes = {"tensor(float)": torch.float32, "tensor(int64)": torch.int64, "tensor(bool)": torch.bool}
+        np_types = {torch.float32: np.float32, torch.int64: np.int64, torch.bool: np.bool_}
+        binding = session.io_binding()
+        keep = []  # tensors must outlive the run
+        for spec in session.get_inputs():
+            value = feeds[spec.name]
+            t = torch.as_tensor(value).to(self.device, dtypes[spec.type]).contiguous()
+            keep.append(t)
+            binding.bind_input(spec.name, self.device, 0, np_types[t.dtype], tuple(t.shape), t.data_ptr())
+        outs = {}
+        for spec in session.get_outputs():
+            t = torch.empty(out_shapes[spec.name], dtype=dtypes[spec.type], device=self.device)
+            outs[spec.name] = t
+            binding.bind_output(spec.name, self.device, 0, np_types[t.dtype], tuple(t.shape), t.data_ptr())
+        if self.device == "cuda":
+            torch.cuda.current_stream().synchronize()  # inputs made by torch kernels are ready before onnxruntime reads them
+        session.run_with_iobinding(binding)
+        if self.device == "cuda":
+            binding.synchronize_outputs()
+        return outs
 
 
 def load_translator(path: str | Path, decode: DecodeConfig | None = None, variant: str = "auto", device: str = "auto",
-                    threads: int = 1) -> Translator:
+                    threads: int = 1, io_binding: bool | None = None) -> Translator:
     """A Translator over an exported model directory (verified), ready to translate text."""
     model_dir = load_model_dir(path)
     limits = model_dir.manifest.get("limits", {})
     decode = decode or DecodeConfig(max_input_tokens=limits.get("max_input_tokens", 250))
-    engine = OrtEngine(model_dir, variant, device, threads)
+    engine = OrtEngine(model_dir, variant, device, threads, io_binding)
     return Translator(engine, load_sentencepiece(model_dir.file("src.model")), load_sentencepiece(model_dir.file("tgt.model")), decode)

@@ -2,6 +2,7 @@ import json
 import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -70,6 +71,20 @@ def test_translator_over_the_model_dir(model_dir):
     assert out[0].translation is not None and out[0].error is None and out[0].score < 0
     assert out[1].error == "null text" and out[2].error == "empty or whitespace-only text"
     assert out[3] is out[0]  # identical sources decoded once
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_io_binding_gives_the_same_translations(model_dir, small_corpus, beam_size):
+    """The I/O-binding path (the CUDA default) on the CPU provider: same state, same outputs as plain run()."""
+    texts = pq.read_table(small_corpus).column("en").to_pylist()[:40]
+    plain = load_translator(model_dir, DecodeConfig(beam_size=beam_size), variant="fp32", device="cpu", io_binding=False)
+    bound = load_translator(model_dir, DecodeConfig(beam_size=beam_size), variant="fp32", device="cpu", io_binding=True)
+    assert bound.engine.io_binding and not plain.engine.io_binding
+    state = bound.engine.encode(*_random_batch(np.random.default_rng(0), 5, 7, 50))
+    assert isinstance(state["memory"], torch.Tensor)  # the state lives in device tensors, not numpy arrays
+    a, b = plain.translate(texts), bound.translate(texts)
+    assert [x.tokens for x in a] == [x.tokens for x in b]
+    assert np.allclose([x.score for x in a], [x.score for x in b], atol=1e-4)
 
 
 def test_changed_byte_is_refused_naming_the_file(model_dir, tmp_path):
