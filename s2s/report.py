@@ -35,10 +35,16 @@ FIELDS = [
 
 
 def load_run(output_dir: str | Path) -> dict:
-    path = Path(output_dir) / "run.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no run.json; is {output_dir} the --output of a translate run?")
-    return json.loads(path.read_text())
+    """run.json of a translate output folder, local or at any URI pyarrow reads (s3://, gs://)."""
+    import pyarrow.fs as pafs
+
+    spec = str(output_dir)
+    fs, base = pafs.FileSystem.from_uri(spec) if "://" in spec else (pafs.LocalFileSystem(), str(Path(spec).resolve()))
+    path = f"{base.rstrip('/')}/run.json"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise FileNotFoundError(f"{spec.rstrip('/')}/run.json: no run.json; is {output_dir} the --output of a translate run?")
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
 
 
 def _get(run: dict, keys: tuple[str, ...]) -> Any:

@@ -1,0 +1,87 @@
+"""End to end through a Ray Jobs server: `ray start --head` on loopback, then jobs/submit_translate.sh.
+
+The head runs in its own process group with its own temp dir, and teardown kills only that group:
+`ray stop` would kill every Ray process on the machine, other people's runs included.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _parts(folder: Path):
+    return pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("part-*.parquet"))])
+
+
+@pytest.fixture
+def ray_head():
+    gcs, dashboard = _free_port(), _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayj", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", "2",
+           "--num-gpus", "0", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+           "--temp-dir", temp_dir, "--disable-usage-stats"]
+    head = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if head.poll() is not None or time.time() > deadline:
+                out = head.stdout.read() if head.poll() is not None else "(still running)"
+                pytest.fail(f"Ray head did not come up at {address}: {out[-2000:]}")
+            time.sleep(1)
+        yield address
+    finally:
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(head.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                head.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def test_translate_submitted_as_a_ray_job_then_rerun_is_a_no_op(ray_head, tiny_model_dir, corpus_300, tmp_path):
+    out = tmp_path / "out" / "date=2026-11-21"
+    env = {**os.environ, "RAY_ADDRESS": ray_head, "MODEL": str(tiny_model_dir)}
+    cmd = ["bash", "jobs/submit_translate.sh", str(corpus_300), str(tmp_path / "out" / "date={date}"), "--date", "2026-11-21",
+           "--beam-size", "1", "--max-decoding-length", "30", "--rows-per-shard", "100"]
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "succeeded" in first.stdout + first.stderr
+    table = _parts(out)
+    assert table.num_rows == 300 and sorted(table.column("keep").to_pylist()) == list(range(300))
+    run = json.loads((out / "run.json").read_text())
+    assert run["rows"] == 300 and run["complete"] and run["errors"] == 3  # the null, blank and 400-word rows
+
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "nothing to do" in second.stdout + second.stderr
+    assert _parts(out).num_rows == 300
