@@ -133,7 +133,7 @@ def translate(
     truncate: Annotated[bool, typer.Option(help="Truncate inputs over --max-input-tokens instead of refusing them.")] = False,
     max_decoding_length: Annotated[int, typer.Option(help="Hard cap on output tokens.")] = 256,
     actors: Annotated[int, typer.Option(help="Translate actors (0: as many as fit, leaving room for I/O tasks).")] = 0,
-    cpus_per_actor: Annotated[float, typer.Option(help="CPUs per actor (also its onnxruntime threads).")] = 1.0,
+    cpus_per_actor: Annotated[float, typer.Option(help="CPUs per actor, also its onnxruntime threads (0: one 1-thread actor per core, less half a CPU per node for I/O).")] = 0.0,
     gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor.")] = 0.0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (cuda fails at once if it cannot load).")] = "auto",
     variant: Annotated[str, typer.Option(help="Model variant: fp32, int8, or auto (the model's CPU default).")] = "auto",

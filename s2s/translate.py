@@ -54,8 +54,8 @@ class TranslateConfig:
     id_column: str | None = None  # None: add `row_id` = "<file>#<row>"
     reference_column: str | None = None  # references (a string or a list of strings): adds BLEU/chrF to run.json
     decode: DecodeConfig = field(default_factory=DecodeConfig)
-    actors: int = 0  # 0: as many as fit while leaving room for the read and write tasks
-    cpus_per_actor: float = 1.0
+    actors: int = 0  # 0: as many as fit while leaving room for the read and write tasks (see `size_actor_pool`)
+    cpus_per_actor: float = 0.0  # 0: one core's worth, less the half CPU each node keeps for I/O tasks
     gpus_per_actor: float = 0.0
     device: str = "auto"  # auto, cpu or cuda (cuda fails at once where it cannot load)
     variant: str = "auto"  # fp32, int8, or the model's CPU default
@@ -67,8 +67,8 @@ class TranslateConfig:
     def __post_init__(self) -> None:
         if self.overwrite and self.resume:
             raise ValueError("--overwrite and --resume contradict each other; pass one")
-        if self.rows_per_shard < 1 or self.actors < 0 or self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
-            raise ValueError("rows_per_shard >= 1, actors >= 0, cpus_per_actor > 0 and gpus_per_actor >= 0 are required")
+        if self.rows_per_shard < 1 or self.actors < 0 or self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
+            raise ValueError("rows_per_shard >= 1 and actors, cpus_per_actor and gpus_per_actor >= 0 are required")
         if not 0 <= self.max_error_rate <= 1:
             raise ValueError(f"max_error_rate must be between 0 and 1, got {self.max_error_rate}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -250,6 +250,28 @@ def _fault_hook(where: str) -> None:
 
 # ---------------------------------------------------------------- the driver
 
+IO_RESERVE = 0.5  # CPUs each node keeps free for the read and commit tasks
+IO_TASK_CPUS = 0.25  # what one read or commit task asks for: they mostly wait on storage
+
+
+def size_actor_pool(cfg: TranslateConfig, node_cpus: list[float], node_gpus: list[float]) -> tuple[int, float, int]:
+    """(actors, CPUs per actor, onnxruntime threads per actor) for a cluster with these nodes.
+
+    An actor pool that takes every CPU starves the read and commit tasks and the job hangs, so each node
+    keeps IO_RESERVE CPUs back. By default the rest goes to one-thread actors, one per core: measured on
+    2 cores, two 1-thread processes translate 1.4x faster than one process with 2 threads (the search's
+    numpy work and small matrices do not split across threads well). Hence 0.75 CPU each on a 2-core node.
+    """
+    if cfg.gpus_per_actor:
+        per_cpu = cfg.cpus_per_actor or 1.0
+        fit = sum(int(g // cfg.gpus_per_actor) for g in node_gpus)
+        return cfg.actors or max(1, fit), per_cpu, max(1, int(per_cpu))
+    largest = max(node_cpus, default=1.0)
+    per_cpu = cfg.cpus_per_actor or max(0.25, 1.0 - IO_RESERVE / largest)
+    fit = sum(int((c - IO_RESERVE) / per_cpu + 1e-9) for c in node_cpus if c > IO_RESERVE)
+    return cfg.actors or max(1, fit), per_cpu, max(1, int(per_cpu + 1e-9) if cfg.cpus_per_actor else 1)
+
+
 
 def _prepare_output(cfg: TranslateConfig, job: dict) -> set[str]:
     """Check the output folder; return the units already committed (with --resume)."""
@@ -313,19 +335,18 @@ def run_translate(cfg: TranslateConfig) -> dict:
     if todo:
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
-        cpus = ray.cluster_resources().get("CPU", 1)
-        # leave at least half a CPU for the read and commit tasks, or the pool starves them and hangs
-        actors = cfg.actors or max(1, int((cpus - 0.5) // cfg.cpus_per_actor))
+        nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+        actors, cpus_per_actor, threads = size_actor_pool(cfg, [n.get("CPU", 0.0) for n in nodes], [n.get("GPU", 0.0) for n in nodes])
         actors = min(actors, len(todo))
-        threads = max(1, int(cfg.cpus_per_actor))
-        print(f"Ray: {cpus:g} CPUs; {actors} translate actor(s) x {cfg.cpus_per_actor:g} CPU"
-              f"{f' + {cfg.gpus_per_actor:g} GPU' if cfg.gpus_per_actor else ''}, {threads} onnxruntime thread(s) each", flush=True)
-        small = 0.25  # CPUs for a read or commit task: they mostly wait on I/O
+        print(f"Ray: {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs on {len(nodes)} node(s); {actors} translate actor(s) x "
+              f"{cpus_per_actor:.3g} CPU{f' + {cfg.gpus_per_actor:g} GPU' if cfg.gpus_per_actor else ''}, "
+              f"{threads} onnxruntime thread(s) each", flush=True)
+        small = IO_TASK_CPUS
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
         ds = ds.map_batches(read_unit, batch_size=None, batch_format="pyarrow", num_cpus=small,
                             fn_kwargs={"id_column": cfg.id_column})
         ds = ds.map_batches(TranslateBatch, batch_size=None, batch_format="pyarrow", concurrency=actors,
-                            num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+                            num_cpus=cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
                             fn_constructor_kwargs={"model": str(Path(cfg.model).resolve()) if "://" not in cfg.model else cfg.model,
                                                    "text_column": cfg.text_column, "decode": cfg.decode, "variant": cfg.variant,
                                                    "device": cfg.device, "threads": threads},

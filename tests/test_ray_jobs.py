@@ -6,6 +6,7 @@ The head runs in its own process group with its own temp dir, and teardown kills
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -35,7 +36,9 @@ def _parts(folder: Path):
 def ray_head():
     gcs, dashboard = _free_port(), _free_port()
     temp_dir = tempfile.mkdtemp(prefix="rayj", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    # Ray 2.60 turns token authentication on: the head and every client share one token, as on a real cluster
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     cmd = ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", "2",
            "--num-gpus", "0", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
            "--temp-dir", temp_dir, "--disable-usage-stats"]
@@ -45,7 +48,8 @@ def ray_head():
         deadline = time.time() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
+                request = urllib.request.Request(f"{address}/api/version", headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"})
+                with urllib.request.urlopen(request, timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
@@ -54,7 +58,15 @@ def ray_head():
                 out = head.stdout.read() if head.poll() is not None else "(still running)"
                 pytest.fail(f"Ray head did not come up at {address}: {out[-2000:]}")
             time.sleep(1)
-        yield address
+        while True:  # the dashboard answers before the node's job agent registers: wait until a job runs
+            probe = subprocess.run(["ray", "job", "submit", "--address", address, "--", "true"], env=env, capture_output=True,
+                                   text=True, timeout=120)
+            if probe.returncode == 0:
+                break
+            if time.time() > deadline:
+                pytest.fail(f"the job server at {address} never ran a job: {probe.stderr[-2000:]}")
+            time.sleep(2)
+        yield address, env
     finally:
         for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
             try:
@@ -69,8 +81,9 @@ def ray_head():
 
 
 def test_translate_submitted_as_a_ray_job_then_rerun_is_a_no_op(ray_head, tiny_model_dir, corpus_300, tmp_path):
+    address, head_env = ray_head
     out = tmp_path / "out" / "date=2026-11-21"
-    env = {**os.environ, "RAY_ADDRESS": ray_head, "MODEL": str(tiny_model_dir)}
+    env = {**head_env, "RAY_ADDRESS": address, "MODEL": str(tiny_model_dir)}
     cmd = ["bash", "jobs/submit_translate.sh", str(corpus_300), str(tmp_path / "out" / "date={date}"), "--date", "2026-11-21",
            "--beam-size", "1", "--max-decoding-length", "30", "--rows-per-shard", "100"]
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

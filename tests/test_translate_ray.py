@@ -149,3 +149,29 @@ def test_dead_actor_is_replaced_and_its_batch_retried(tiny_model_dir, corpus_300
     assert marker.exists()  # an actor really died mid-batch
     table, _ = _output(tmp_path / "out")
     assert sorted(table.column("keep").to_pylist()) == list(range(300))
+
+
+@pytest.mark.parametrize("nodes,cpus_per_actor,expected", [
+    ([2.0], 0.0, (2, 0.75, 1)),  # this dev machine: two 1-thread actors, half a CPU left for reads and commits
+    ([16.0], 0.0, (16, 0.96875, 1)),
+    ([16.0], 2.0, (7, 2.0, 2)),
+    ([4.0, 32.0], 0.0, (35, 0.984375, 1)),  # 3 on the small node, 32 on the big one
+    ([1.0], 0.0, (1, 0.5, 1)),
+])
+def test_actor_pool_always_leaves_room_for_io(nodes, cpus_per_actor, expected):
+    from s2s.translate import IO_RESERVE, IO_TASK_CPUS, size_actor_pool
+
+    cfg = TranslateConfig(input="x", output="y", cpus_per_actor=cpus_per_actor)
+    actors, per, threads = size_actor_pool(cfg, nodes, [0.0] * len(nodes))
+    assert (actors, per, threads) == expected
+    # placed node by node, every node still has room for a read task and a commit task
+    for c in nodes:
+        on_node = int((c - IO_RESERVE) / per + 1e-9)
+        assert c - on_node * per >= 2 * IO_TASK_CPUS
+
+
+def test_gpu_actor_pool_counts_gpus():
+    from s2s.translate import size_actor_pool
+
+    cfg = TranslateConfig(input="x", output="y", gpus_per_actor=0.5)
+    assert size_actor_pool(cfg, [8.0, 8.0], [1.0, 1.0]) == (4, 1.0, 1)
