@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 State = dict[str, Any]
 StepFn = Callable[[np.ndarray, State], tuple[np.ndarray, State]]
@@ -112,6 +111,8 @@ def beam_search(
         # The 2K best continuations of a sentence are among the 2K best tokens of each of its beams (a beam's
         # score is one constant added to all its tokens), so top-k per beam first: torch.topk does it ~20x
         # faster than numpy's argpartition over the whole (n, K*V) row, which dominated beam search time.
+        import torch  # here, not at the top: Ray's read and commit workers import this module and need no torch
+
         k2 = min(2 * K, V)
         beam_lp, beam_tok = torch.from_numpy(np.ascontiguousarray(log_probs, dtype=np.float32)).topk(k2, dim=1)
         part = (np.arange(K)[None, :, None] * V + beam_tok.numpy().reshape(n, K, k2)).reshape(n, K * k2)  # index into K*V

@@ -142,18 +142,32 @@ def plan_units(fs: pafs.FileSystem, files: list[str], cfg: TranslateConfig) -> l
 # ---------------------------------------------------------------- the three stages (Ray tasks and actors)
 
 
+_LAST_ROW_GROUP: dict[tuple, pa.Table] = {}  # the row group this worker process decoded last
+
+
+def _row_group(pf: pq.ParquetFile, key: tuple, rg: int) -> pa.Table:
+    """Decode a row group, or reuse it: Parquet cannot read rows k..k+n without decoding the group from its
+    start, and writers make groups of up to a million rows, so without this a file with one big group would
+    be decoded once per unit (quadratic; measured: a read task ate half a core on a 100k-row file)."""
+    if key + (rg,) not in _LAST_ROW_GROUP:
+        _LAST_ROW_GROUP.clear()
+        _LAST_ROW_GROUP[key + (rg,)] = pf.read_row_group(rg)
+    return _LAST_ROW_GROUP[key + (rg,)]
+
+
 def read_unit(batch: pa.Table, id_column: str | None) -> pa.Table:
     """Read the rows of each unit in `batch`; tag them with the unit and a stable id."""
     tables = []
     for unit in batch.to_pylist():
         fs, path = _filesystem(unit["path"])
+        info = fs.get_file_info(path)
         with fs.open_input_file(path) as handle:
             pf = pq.ParquetFile(handle)
             parts, offset = [], 0
             for rg in range(pf.num_row_groups):
                 n = pf.metadata.row_group(rg).num_rows
                 if offset + n > unit["start"] and offset < unit["stop"]:
-                    t = pf.read_row_group(rg)
+                    t = _row_group(pf, (path, info.size, info.mtime_ns), rg)
                     parts.append(t.slice(max(0, unit["start"] - offset), unit["stop"] - max(offset, unit["start"])))
                 offset += n
         table = pa.concat_tables(parts) if parts else pa.table({})
@@ -334,7 +348,9 @@ def run_translate(cfg: TranslateConfig) -> dict:
     stats: list[dict] = []
     if todo:
         if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
+            address = os.environ.get("RAY_ADDRESS")
+            # a local throwaway cluster needs no dashboard: its processes cost CPU the actors could use
+            ray.init(address=address, logging_level=logging.WARNING, **({} if address else {"include_dashboard": False}))
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
         actors, cpus_per_actor, threads = size_actor_pool(cfg, [n.get("CPU", 0.0) for n in nodes], [n.get("GPU", 0.0) for n in nodes])
         actors = min(actors, len(todo))

@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import sentencepiece as spm
-import torch
 
 from s2s.search import Hypothesis, State, beam_search, greedy_search
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -59,17 +58,20 @@ class Engine(Protocol):
 class TorchEngine:
     """The PyTorch model as a step function (evaluation, the export parity gate, benchmarks)."""
 
-    def __init__(self, model: torch.nn.Module):
-        self.model = model.eval()
+    def __init__(self, model: "torch.nn.Module"):
+        import torch  # imported here so that the Ray workers that only read and write Parquet never load torch
 
-    @torch.inference_mode()
+        self.torch, self.model = torch, model.eval()
+
     def encode(self, src_ids: np.ndarray, src_lens: np.ndarray) -> State:
-        memory, mask, h, c, feed = self.model.encode(torch.from_numpy(src_ids), torch.from_numpy(src_lens))
+        with self.torch.inference_mode():
+            memory, mask, h, c, feed = self.model.encode(self.torch.from_numpy(src_ids), self.torch.from_numpy(src_lens))
         return {"h": h, "c": c, "feed": feed, "memory": memory, "mask": mask}
 
-    @torch.inference_mode()
     def step(self, prev: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        lp, h, c, feed, attn = self.model.decode_step(torch.from_numpy(prev), state["h"], state["c"], state["feed"], state["memory"], state["mask"])
+        with self.torch.inference_mode():
+            lp, h, c, feed, attn = self.model.decode_step(self.torch.from_numpy(prev), state["h"], state["c"], state["feed"],
+                                                          state["memory"], state["mask"])
         return lp.numpy(), {**state, "h": h, "c": c, "feed": feed, "attention": attn}
 
 

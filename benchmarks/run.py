@@ -1,0 +1,398 @@
+"""Side-by-side benchmarks of s2s-job on the default model and test split; one table of ratios.
+
+    python benchmarks/run.py                       # everything, on models/eng-fra and runs/eng-fra
+    python benchmarks/run.py --model models/default --run runs/default --json bench.json
+    python benchmarks/run.py --only decode,padding # some sections
+
+Every ratio compares two things measured in this same run, on this machine, one after the other.
+Sections: decode (onnxruntime vs PyTorch eager), int8 (vs fp32: speed and BLEU), pipeline (`s2s-job
+translate` vs a bare loop), training (Ray Train 1 worker vs the bare loop), scale (10k..1M rows: s/row,
+peak RSS), limit (FLOPs per token vs the measured matmul rate), padding (share before/after sorting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from s2s.data import pad_batch, token_batches
+from s2s.evaluate import corpus_scores, load_model
+from s2s.export.runtime import OrtEngine, load_model_dir
+from s2s.tokenizer import load_sentencepiece
+from s2s.translator import DecodeConfig, TorchEngine, Translator
+
+SECTIONS = ("decode", "int8", "pipeline", "training", "scale", "limit", "padding")
+ROWS: list[dict] = []  # every figure of the run, printed as one table and written by --json
+
+
+def record(section: str, what: str, a: float, b: float | None = None, unit: str = "", goal: str = "", note: str = "") -> None:
+    """One line of the table: a (and b, with ratio a/b) in `unit`."""
+    row = {"section": section, "what": what, "a": round(a, 4), "b": None if b is None else round(b, 4), "unit": unit,
+           "ratio": None if not b else round(a / b, 3), "goal": goal, "note": note}
+    ROWS.append(row)
+    ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else ""
+    b_txt = f"{row['b']:,.4g}" if b is not None else ""
+    print(f"  {section:<9} {what:<72} {a:>10,.4g} {b_txt:>10} {unit:<12} {ratio:>7}  {goal}", flush=True)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def test_split(run: Path) -> tuple[list[str], list[list[str]]]:
+    rows = pq.read_table(run / "data" / "test.parquet").to_pylist()
+    return [r["src"] for r in rows], [r["refs"] for r in rows]
+
+
+class CountingEngine:
+    """Wraps an engine; counts decoder-step rows and row x source positions (for FLOPs)."""
+
+    def __init__(self, engine):
+        self.engine, self.rows, self.row_src = engine, 0, 0
+        self.provider = getattr(engine, "provider", "torch")
+
+    def encode(self, src_ids, src_lens):
+        return self.engine.encode(src_ids, src_lens)
+
+    def step(self, prev, state):
+        self.rows += len(prev)
+        self.row_src += len(prev) * int(state["mask"].shape[1])
+        return self.engine.step(prev, state)
+
+
+def timed_translate(translator: Translator, texts: list[str], batch: int) -> tuple[float, list]:
+    """Sentences/s translating `texts` in groups of `batch` (each group sorted and decoded together)."""
+    out = []
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        out += translator.translate(texts[i : i + batch])
+    return len(texts) / (time.perf_counter() - t0), out
+
+
+def decode_flops_per_row(cfg, mean_src: float) -> float:
+    """Multiply-adds x 2 of one decoder step for one row (model.py's `decode_step`), from the shapes."""
+    E, H, V, L = cfg.emb_dim, cfg.hidden_size, cfg.tgt_vocab_size, cfg.decoder_layers
+    lstm = 2 * ((E + H) + H) * 4 * H + (L - 1) * 2 * (H + H) * 4 * H
+    attention = 2 * H * H + 4 * mean_src * H + 2 * 2 * H * H  # query, scores + context, attentional vector
+    return lstm + attention + 2 * H * V
+
+
+def encoder_flops_per_token(cfg) -> float:
+    E, H, L = cfg.emb_dim, cfg.hidden_size, cfg.encoder_layers
+    first = 2 * 2 * ((E + H // 2) * 4 * (H // 2))  # two directions, input + recurrent
+    return first + (L - 1) * 2 * 2 * ((H + H // 2) * 4 * (H // 2))
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 1024, threads: int = 2) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 2.0:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+class PeakRSS:
+    """Peak of the summed resident memory of a process and all its descendants (Ray workers included)."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self.proc, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                procs = [self.proc] + self.proc.children(recursive=True)
+                total = 0
+                for p in procs:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            self._stop.wait(0.25)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self.thread.join()
+        return self.peak
+
+
+def run_translate_cli(input_path: Path, output: Path, model: Path, extra: list[str]) -> dict:
+    """`s2s-job translate` in a subprocess; its run.json plus wall time and peak RSS of its process tree."""
+    cmd = ["s2s-job", "translate", str(input_path), "--text-column", "src", "--output", str(output), "--model", str(model),
+           "--overwrite", *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rss = PeakRSS(proc.pid)
+    log = proc.communicate()[0]
+    wall, peak = time.perf_counter() - t0, rss.stop()
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} exited {proc.returncode}:\n{log[-3000:]}")
+    run = json.loads((output / "run.json").read_text())
+    return {**run, "process_wall_s": wall, "peak_rss_bytes": peak}
+
+
+def repeated_parquet(texts: list[str], n: int, path: Path) -> Path:
+    reps = -(-n // len(texts))
+    pq.write_table(pa.table({"src": (texts * reps)[:n]}), path, compression="zstd")
+    return path
+
+
+def bare_loop(input_path: Path, output: Path, model: Path, decode: DecodeConfig, threads: int, rows_per_shard: int) -> float:
+    """The same translator in this process: read, translate shard by shard, write. Returns wall seconds."""
+    from s2s.export.runtime import load_translator
+
+    t0 = time.perf_counter()
+    translator = load_translator(model, decode, threads=threads)
+    table = pq.read_table(input_path)
+    output.mkdir(parents=True, exist_ok=True)
+    for start in range(0, table.num_rows, rows_per_shard):
+        part = table.slice(start, rows_per_shard)
+        res = translator.translate(part.column("src").to_pylist())
+        part = part.append_column("translation", pa.array([r.translation for r in res], pa.string()))
+        pq.write_table(part.append_column("score", pa.array([r.score for r in res], pa.float64())),
+                       output / f"part-{start:010d}.parquet", compression="zstd")
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- the sections
+
+
+def bench_decode(a: argparse.Namespace, texts: list[str], refs: list[list[str]]) -> None:
+    torch.set_num_threads(a.threads)
+    model, _ = load_model(a.run / "checkpoints" / "best.pt")
+    model_dir = load_model_dir(a.model)
+    src_sp, tgt_sp = load_sentencepiece(a.model / "src.model"), load_sentencepiece(a.model / "tgt.model")
+    engines = {"torch": TorchEngine(model), "ort fp32": OrtEngine(model_dir, "fp32", "cpu", a.threads)}
+    if "int8" in model_dir.manifest["variants"]:
+        engines["ort int8"] = OrtEngine(model_dir, "int8", "cpu", a.threads)
+    sample = texts[: a.sentences]
+    speed: dict[tuple[str, int, int], float] = {}
+    for beam in (1, 4):
+        decode = DecodeConfig(beam_size=beam, max_batch_tokens=1 << 20)
+        for batch in (1, 64):
+            for name, engine in engines.items():
+                tr = Translator(engine, src_sp, tgt_sp, decode)
+                timed_translate(tr, sample[:8], batch)  # warm-up: first-run allocations and thread pools
+                speed[(name, beam, batch)], _ = timed_translate(tr, sample, batch)
+            what = f"{'greedy' if beam == 1 else f'beam {beam}'}, batch {batch}"
+            goal = "ort fp32 >= 2.4x eager" if (beam, batch) == (1, 64) else ""
+            record("decode", f"ort fp32 vs torch eager, {what}", speed[("ort fp32", beam, batch)], speed[("torch", beam, batch)],
+                   "sent/s", goal)
+            if "ort int8" in engines:
+                record("decode", f"ort int8 vs torch eager, {what}", speed[("ort int8", beam, batch)], speed[("torch", beam, batch)],
+                       "sent/s", "int8 >= 4x eager" if (beam, batch) == (1, 64) else "")
+    if "int8" in SELECTED and "ort int8" in engines:
+        bleu = {}
+        for name in ("ort fp32", "ort int8"):
+            tr = Translator(engines[name], src_sp, tgt_sp, DecodeConfig(beam_size=1))
+            bleu[name] = corpus_scores([t.translation or "" for t in tr.translate(texts)], refs)["bleu"]
+        record("int8", "ort int8 vs fp32 speed, greedy batch 64", speed[("ort int8", 1, 64)], speed[("ort fp32", 1, 64)], "sent/s")
+        record("int8", "ort int8 vs fp32 speed, beam 4 batch 64", speed[("ort int8", 4, 64)], speed[("ort fp32", 4, 64)], "sent/s")
+        record("int8", f"test BLEU greedy: int8, fp32 (delta {bleu['ort int8'] - bleu['ort fp32']:+.2f})", bleu["ort int8"],
+               bleu["ort fp32"], "BLEU", "loss <= 0.5 BLEU")
+    if "limit" in SELECTED:
+        cfg = model.cfg
+        for name in ("torch", "ort fp32"):
+            counting = CountingEngine(engines[name])
+            tr = Translator(counting, src_sp, tgt_sp, DecodeConfig(beam_size=1, max_batch_tokens=1 << 20))
+            t0 = time.perf_counter()
+            for i in range(0, len(sample), 64):
+                tr.translate(sample[i : i + 64])
+            seconds = time.perf_counter() - t0
+            mean_src = counting.row_src / max(counting.rows, 1)
+            per_row = decode_flops_per_row(cfg, mean_src)
+            if name == "torch":
+                record("limit", f"decoder step FLOPs per generated token (mean source {mean_src:.1f})", per_row / 1e6, None, "MFLOP")
+            record("limit", f"decode GFLOP/s, {name.replace(' fp32', '')} fp32 greedy b64, vs fp32 matmul",
+                   counting.rows * per_row / seconds / 1e9, LIMIT["fp32"], "GFLOP/s")
+
+
+def bench_pipeline(a: argparse.Namespace, texts: list[str], work: Path) -> None:
+    n = a.pipeline_rows
+    src = repeated_parquet(texts, n, work / f"pipeline-{n}.parquet")
+    extra = ["--beam-size", str(a.pipeline_beam)]
+    cli = run_translate_cli(src, work / "out-pipeline", a.model, extra)
+    decode = DecodeConfig(beam_size=a.pipeline_beam)
+    bare = bare_loop(src, work / "out-bare", a.model, decode, a.threads, 2000)
+    record("pipeline", f"s2s-job translate vs bare loop, {n:,} rows, beam {a.pipeline_beam}, wall",
+           n / cli["process_wall_s"], n / bare, "rows/s", "ratio >= 0.9")
+
+
+def bench_training(a: argparse.Namespace, work: Path) -> None:
+    """The same `fit` on the same batches: called directly (bare) and as a 1-worker Ray Train job."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from s2s.train import TrainConfig, fit, train_loop_per_worker
+
+    results = {}
+    for mode in ("bare", "ray"):
+        run = work / f"train-{mode}"
+        run.mkdir(parents=True)
+        for name in ("config.json", "src.model", "tgt.model"):
+            shutil.copy(a.run / name, run / name)
+        shutil.copytree(a.run / "data", run / "data")
+        cfg = TrainConfig(run_dir=str(run), max_steps=a.train_steps, log_every=10, max_minutes=0, warmup_steps=10)
+        if mode == "bare":
+            torch.set_num_threads(a.threads)
+            fit(cfg, 0, 1, torch.device("cpu"))
+        else:
+            ray.init(num_cpus=os.cpu_count(), logging_level="WARNING", log_to_driver=False)
+            try:
+                TorchTrainer(train_loop_per_worker, train_loop_config={"cfg": cfg, "threads": a.threads},
+                             torch_config=TorchConfig(backend="gloo"),
+                             scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+                             run_config=RunConfig(storage_path=str(run / "ray"), name="bench")).fit()
+            finally:
+                ray.shutdown()
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        speeds = [x["tokens_per_s"] for x in lines if x["kind"] == "train"][1:]  # the first interval warms up
+        results[mode] = float(np.median(speeds))
+    record("training", f"Ray Train 1 worker vs bare loop, {a.train_steps} steps (median)", results["ray"], results["bare"],
+           "tok/s", "ratio >= 0.95")
+    model_cfg = json.loads((a.run / "config.json").read_text())["model"]
+    from s2s.model import ModelConfig
+
+    cfg = ModelConfig(**model_cfg)
+    tgt_tokens, src_tokens, n = token_totals(a.run)
+    per_tgt = 3 * (decode_flops_per_row(cfg, src_tokens / n) + encoder_flops_per_token(cfg) * src_tokens / tgt_tokens)
+    record("limit", "training FLOPs per target token (3x forward)", per_tgt / 1e6, None, "MFLOP")
+    for dtype in ("bf16", "fp32"):
+        if dtype in LIMIT:
+            record("limit", f"training GFLOP/s (bare loop, bf16 autocast) vs {dtype} matmul", results["bare"] * per_tgt / 1e9, LIMIT[dtype],
+                   "GFLOP/s")
+
+
+def token_totals(run: Path) -> tuple[int, int, int]:
+    """Target tokens, source tokens and rows of the training split."""
+    t = pq.read_table(run / "data" / "train.parquet")
+    tgt = sum(len(x) for x in t.column("tgt_ids").to_pylist())
+    src = sum(len(x) for x in t.column("src_ids").to_pylist())
+    return tgt, src, t.num_rows
+
+
+def bench_scale(a: argparse.Namespace, texts: list[str], work: Path) -> None:
+    per_row = {}
+    for n in a.scale:
+        src = repeated_parquet(texts, n, work / f"scale-{n}.parquet")
+        run = run_translate_cli(src, work / f"out-scale-{n}", a.model, ["--beam-size", "1"])
+        per_row[n] = run["process_wall_s"] / n
+        record("scale", f"{n:,} rows greedy: milliseconds per row", per_row[n] * 1e3, None, "ms/row",
+               note=f"peak RSS {run['peak_rss_bytes'] / 2**20:,.0f} MiB")
+        record("scale", f"{n:,} rows: peak RSS of the process tree", run["peak_rss_bytes"] / 2**20, None, "MiB")
+        (work / f"scale-{n}.parquet").unlink()
+        shutil.rmtree(work / f"out-scale-{n}")
+    sizes = sorted(per_row)
+    if len(sizes) > 1:
+        record("scale", f"seconds per row, {sizes[-1]:,} vs {sizes[0]:,} rows", per_row[sizes[-1]], per_row[sizes[0]], "s/row",
+               "within 1.2x")
+
+
+def bench_padding(a: argparse.Namespace, texts: list[str]) -> None:
+    t = pq.read_table(a.run / "data" / "train.parquet")
+    src = [len(x) for x in t.column("src_ids").to_pylist()]
+    tgt = [len(x) for x in t.column("tgt_ids").to_pylist()]
+    src_l, tgt_l = np.array(src), np.array(tgt)
+    sorted_batches = token_batches(src_l, tgt_l, 6000, seed=0)
+    rng = np.random.default_rng(0)
+    shuffled = rng.permutation(len(src))
+    rows_per = int(np.mean([len(b) for b in sorted_batches]))
+    random_batches = [shuffled[i : i + rows_per] for i in range(0, len(shuffled), rows_per)]
+
+    def pad_share(batches, lens) -> float:
+        real = sum(int(lens[b].sum()) for b in batches)
+        computed = sum(int(lens[b].max()) * len(b) for b in batches)
+        return 1 - real / computed
+
+    for side, lens in (("source", src_l), ("target", tgt_l)):
+        record("padding", f"train {side} padding share: random batches vs bucketed",
+               100 * pad_share(random_batches, lens), 100 * pad_share(sorted_batches, lens), "% padding")
+    sp = load_sentencepiece(a.model / "src.model")
+    lens = np.array([len(sp.encode(x)) + 1 for x in texts])
+    in_order = [np.arange(i, min(i + 64, len(lens))) for i in range(0, len(lens), 64)]
+    order = np.argsort(lens, kind="stable")
+    by_length = [order[i : i + 64] for i in range(0, len(lens), 64)]
+    record("padding", "decode source padding share, 64 rows: input order vs sorted",
+           100 * pad_share(in_order, lens), 100 * pad_share(by_length, lens), "% padding")
+
+
+LIMIT: dict[str, float] = {}
+SELECTED: set[str] = set()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=Path("models/eng-fra"), help="exported model directory")
+    ap.add_argument("--run", type=Path, default=Path("runs/eng-fra"), help="its training run (checkpoint, test split)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both engines (default: all cores)")
+    ap.add_argument("--sentences", type=int, default=512, help="test sentences for the decode speed rows")
+    ap.add_argument("--pipeline-rows", type=int, default=20000)
+    ap.add_argument("--pipeline-beam", type=int, default=1)
+    ap.add_argument("--train-steps", type=int, default=60)
+    ap.add_argument("--scale", default="10000,100000,1000000", help="row counts for the scale section")
+    ap.add_argument("--json", type=Path, help="write every figure here too")
+    a = ap.parse_args()
+    a.scale = [int(x) for x in a.scale.split(",") if x]
+    SELECTED.update(s for s in a.only.split(",") if s)
+    if SELECTED - set(SECTIONS):
+        sys.exit(f"unknown sections {sorted(SELECTED - set(SECTIONS))}; choose from {SECTIONS}")
+    import onnxruntime as ort
+
+    machine = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+               "torch": torch.__version__, "onnxruntime": ort.__version__, "threads": a.threads,
+               "date": time.strftime("%Y-%m-%d %H:%M")}
+    print(f"machine: {machine}\n  {'section':<9} {'what':<72} {'a':>10} {'b':>10} {'unit':<12} {'a/b':>7}  goal", flush=True)
+    texts, refs = test_split(a.run)
+    if "limit" in SELECTED:
+        LIMIT["fp32"] = matmul_gflops(torch.float32, threads=a.threads)
+        record("limit", f"measured matmul rate, fp32 1024x1024, {a.threads} threads", LIMIT["fp32"], None, "GFLOP/s")
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            LIMIT["bf16"] = matmul_gflops(torch.bfloat16, threads=a.threads)
+            record("limit", f"measured matmul rate, bf16 1024x1024, {a.threads} threads", LIMIT["bf16"], None, "GFLOP/s")
+    with tempfile.TemporaryDirectory(prefix="s2s-bench-") as tmp:
+        work = Path(tmp)
+        if SELECTED & {"decode", "int8", "limit"}:
+            bench_decode(a, texts, refs)
+        if "padding" in SELECTED:
+            bench_padding(a, texts)
+        if "training" in SELECTED:
+            bench_training(a, work)
+        if "pipeline" in SELECTED:
+            bench_pipeline(a, texts, work)
+        if "scale" in SELECTED:
+            bench_scale(a, texts, work)
+    if a.json:
+        a.json.write_text(json.dumps({"machine": machine, "command": " ".join(sys.argv), "rows": ROWS}, indent=1))
+        print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
