@@ -36,7 +36,8 @@ from s2s.export.runtime import OrtEngine, load_model_dir
 from s2s.tokenizer import load_sentencepiece
 from s2s.translator import DecodeConfig, TorchEngine, Translator
 
-SECTIONS = ("decode", "int8", "pipeline", "training", "scale", "limit", "padding")
+S2S_JOB = shutil.which("s2s-job", path=os.path.dirname(sys.executable)) or "s2s-job"  # this venv's, even unactivated
+SECTIONS = ("decode", "int8", "pipeline", "actors", "training", "scale", "limit", "padding")
 ROWS: list[dict] = []  # every figure of the run, printed as one table and written by --json
 
 
@@ -62,8 +63,7 @@ class CountingEngine:
     """Wraps an engine; counts decoder-step rows and row x source positions (for FLOPs)."""
 
     def __init__(self, engine):
-        self.engine, self.rows, self.row_src = engine, 0, 0
-        self.provider = getattr(engine, "provider", "torch")
+        self.engine, self.rows, self.row_src, self.seconds = engine, 0, 0, 0.0
 
     def encode(self, src_ids, src_lens):
         return self.engine.encode(src_ids, src_lens)
@@ -71,7 +71,10 @@ class CountingEngine:
     def step(self, prev, state):
         self.rows += len(prev)
         self.row_src += len(prev) * int(state["mask"].shape[1])
-        return self.engine.step(prev, state)
+        t0 = time.perf_counter()
+        out = self.engine.step(prev, state)
+        self.seconds += time.perf_counter() - t0
+        return out
 
 
 def timed_translate(translator: Translator, texts: list[str], batch: int) -> tuple[float, list]:
@@ -144,7 +147,7 @@ class PeakRSS:
 
 def run_translate_cli(input_path: Path, output: Path, model: Path, extra: list[str]) -> dict:
     """`s2s-job translate` in a subprocess; its run.json plus wall time and peak RSS of its process tree."""
-    cmd = ["s2s-job", "translate", str(input_path), "--text-column", "src", "--output", str(output), "--model", str(model),
+    cmd = [S2S_JOB, "translate", str(input_path), "--text-column", "src", "--output", str(output), "--model", str(model),
            "--overwrite", *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -188,9 +191,11 @@ def bench_decode(a: argparse.Namespace, texts: list[str], refs: list[list[str]])
     model, _ = load_model(a.run / "checkpoints" / "best.pt")
     model_dir = load_model_dir(a.model)
     src_sp, tgt_sp = load_sentencepiece(a.model / "src.model"), load_sentencepiece(a.model / "tgt.model")
-    engines = {"torch": TorchEngine(model), "ort fp32": OrtEngine(model_dir, "fp32", "cpu", a.threads)}
-    if "int8" in model_dir.manifest["variants"]:
-        engines["ort int8"] = OrtEngine(model_dir, "int8", "cpu", a.threads)
+    engines = {"torch": TorchEngine(model)}
+    for variant in model_dir.manifest["variants"]:  # fp32, int8; each also with the vocabulary map if exported
+        engines[f"ort {variant}"] = OrtEngine(model_dir, variant, "cpu", a.threads)
+        if "vmap" in model_dir.manifest:
+            engines[f"ort {variant}+vmap"] = OrtEngine(model_dir, variant, "cpu", a.threads, use_vmap=True)
     sample = texts[: a.sentences]
     speed: dict[tuple[str, int, int], float] = {}
     for beam in (1, 4):
@@ -201,35 +206,38 @@ def bench_decode(a: argparse.Namespace, texts: list[str], refs: list[list[str]])
                 timed_translate(tr, sample[:8], batch)  # warm-up: first-run allocations and thread pools
                 speed[(name, beam, batch)], _ = timed_translate(tr, sample, batch)
             what = f"{'greedy' if beam == 1 else f'beam {beam}'}, batch {batch}"
-            goal = "ort fp32 >= 2.4x eager" if (beam, batch) == (1, 64) else ""
-            record("decode", f"ort fp32 vs torch eager, {what}", speed[("ort fp32", beam, batch)], speed[("torch", beam, batch)],
-                   "sent/s", goal)
-            if "ort int8" in engines:
-                record("decode", f"ort int8 vs torch eager, {what}", speed[("ort int8", beam, batch)], speed[("torch", beam, batch)],
-                       "sent/s", "int8 >= 4x eager" if (beam, batch) == (1, 64) else "")
-    if "int8" in SELECTED and "ort int8" in engines:
+            for name in engines:
+                if name != "torch":
+                    goal = {"ort fp32": ">= 2.4x", "ort int8": ">= 4x", "ort int8+vmap": ">= 4x"}.get(name, "") if (beam, batch) == (1, 64) else ""
+                    record("decode", f"{name} vs torch eager, {what}", speed[(name, beam, batch)], speed[("torch", beam, batch)],
+                           "sent/s", goal)
+    if "int8" in SELECTED:
         bleu = {}
-        for name in ("ort fp32", "ort int8"):
+        for name in engines:
             tr = Translator(engines[name], src_sp, tgt_sp, DecodeConfig(beam_size=1))
             bleu[name] = corpus_scores([t.translation or "" for t in tr.translate(texts)], refs)["bleu"]
-        record("int8", "ort int8 vs fp32 speed, greedy batch 64", speed[("ort int8", 1, 64)], speed[("ort fp32", 1, 64)], "sent/s")
-        record("int8", "ort int8 vs fp32 speed, beam 4 batch 64", speed[("ort int8", 4, 64)], speed[("ort fp32", 4, 64)], "sent/s")
-        record("int8", f"test BLEU greedy: int8, fp32 (delta {bleu['ort int8'] - bleu['ort fp32']:+.2f})", bleu["ort int8"],
-               bleu["ort fp32"], "BLEU", "loss <= 0.5 BLEU")
+        for name in engines:
+            if name not in ("torch", "ort fp32"):
+                for beam in (1, 4):
+                    record("int8", f"{name} vs ort fp32 speed, {'greedy' if beam == 1 else 'beam 4'} batch 64", speed[(name, beam, 64)],
+                           speed[("ort fp32", beam, 64)], "sent/s")
+        for name in engines:
+            if name != "ort fp32":
+                record("int8", f"test BLEU greedy, {name} vs ort fp32 (delta {bleu[name] - bleu['ort fp32']:+.2f})", bleu[name],
+                       bleu["ort fp32"], "BLEU", "loss <= 0.5" if "int8" in name else "")
     if "limit" in SELECTED:
         cfg = model.cfg
         for name in ("torch", "ort fp32"):
             counting = CountingEngine(engines[name])
             tr = Translator(counting, src_sp, tgt_sp, DecodeConfig(beam_size=1, max_batch_tokens=1 << 20))
-            t0 = time.perf_counter()
             for i in range(0, len(sample), 64):
                 tr.translate(sample[i : i + 64])
-            seconds = time.perf_counter() - t0
+            seconds = counting.seconds  # inside the step calls only
             mean_src = counting.row_src / max(counting.rows, 1)
             per_row = decode_flops_per_row(cfg, mean_src)
             if name == "torch":
-                record("limit", f"decoder step FLOPs per generated token (mean source {mean_src:.1f})", per_row / 1e6, None, "MFLOP")
-            record("limit", f"decode GFLOP/s, {name.replace(' fp32', '')} fp32 greedy b64, vs fp32 matmul",
+                record("limit", f"decoder step FLOPs per generated token (mean padded source {mean_src:.1f})", per_row / 1e6, None, "MFLOP")
+            record("limit", f"decoder step GFLOP/s, {name.replace(' fp32', '')} fp32 greedy b64, vs fp32 matmul",
                    counting.rows * per_row / seconds / 1e9, LIMIT["fp32"], "GFLOP/s")
 
 
@@ -242,6 +250,17 @@ def bench_pipeline(a: argparse.Namespace, texts: list[str], work: Path) -> None:
     bare = bare_loop(src, work / "out-bare", a.model, decode, a.threads, 2000)
     record("pipeline", f"s2s-job translate vs bare loop, {n:,} rows, beam {a.pipeline_beam}, wall",
            n / cli["process_wall_s"], n / bare, "rows/s", "ratio >= 0.9")
+
+
+def bench_actors(a: argparse.Namespace, texts: list[str], work: Path) -> None:
+    """Sentences/s per actor of `s2s-job translate` with 1 and with 2 CPU actors (defaults otherwise), end to end
+    with Ray's start-up included, so a floor: for sizing a cluster (docs/cluster.md)."""
+    for beam, n in ((1, a.pipeline_rows // 2), (4, a.pipeline_rows // 20)):
+        src = repeated_parquet(texts, n, work / f"actors-{n}.parquet")
+        for actors in (1, 2):
+            run = run_translate_cli(src, work / "out-actors", a.model, ["--beam-size", str(beam), "--actors", str(actors)])
+            record("actors", f"translate {n:,} rows beam {beam}, {actors} CPU actor(s): per actor",
+                   n / run["process_wall_s"] / actors, None, "sent/s")
 
 
 def bench_training(a: argparse.Namespace, work: Path) -> None:
@@ -354,11 +373,12 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both engines (default: all cores)")
     ap.add_argument("--sentences", type=int, default=512, help="test sentences for the decode speed rows")
-    ap.add_argument("--pipeline-rows", type=int, default=20000)
+    ap.add_argument("--pipeline-rows", type=int, default=100000)
     ap.add_argument("--pipeline-beam", type=int, default=1)
     ap.add_argument("--train-steps", type=int, default=60)
     ap.add_argument("--scale", default="10000,100000,1000000", help="row counts for the scale section")
     ap.add_argument("--json", type=Path, help="write every figure here too")
+    ap.add_argument("--markdown", type=Path, help="and the table as Markdown (for docs/performance.md)")
     a = ap.parse_args()
     a.scale = [int(x) for x in a.scale.split(",") if x]
     SELECTED.update(s for s in a.only.split(",") if s)
@@ -387,11 +407,21 @@ def main() -> None:
             bench_training(a, work)
         if "pipeline" in SELECTED:
             bench_pipeline(a, texts, work)
+        if "actors" in SELECTED:
+            bench_actors(a, texts, work)
         if "scale" in SELECTED:
             bench_scale(a, texts, work)
     if a.json:
         a.json.write_text(json.dumps({"machine": machine, "command": " ".join(sys.argv), "rows": ROWS}, indent=1))
         print(f"wrote {a.json}")
+    if a.markdown:
+        lines = ["| section | what | a | b | unit | a/b | goal |", "|---|---|---|---|---|---|---|"]
+        for r in ROWS:
+            b = "" if r["b"] is None else f"{r['b']:,.4g}"
+            ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+            lines.append(f"| {r['section']} | {r['what']} | {r['a']:,.4g} | {b} | {r['unit']} | {ratio} | {r['goal']} |")
+        a.markdown.write_text("\n".join(lines) + "\n")
+        print(f"wrote {a.markdown}")
 
 
 if __name__ == "__main__":

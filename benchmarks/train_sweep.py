@@ -13,12 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 # name -> (flags, steps per minute measured on the dev machine, 2 workers x 1 thread, bf16)
+S2S_JOB = shutil.which("s2s-job", path=os.path.dirname(sys.executable)) or "s2s-job"  # this venv's, even unactivated
+
 POINTS: dict[str, tuple[list[str], float]] = {
     "base": ([], 38.0),  # 6,000 tokens/step at ~3,800 tokens/s
     "vocab4k": (["--src-vocab-size", "4000", "--tgt-vocab-size", "4000"], 38.0),
@@ -36,7 +39,7 @@ def last_validation(run: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/sweep"))
-    ap.add_argument("--minutes", type=float, default=8.0, help="target training minutes per point")
+    ap.add_argument("--minutes", type=float, default=11.0, help="target training minutes per point")
     ap.add_argument("--only", default="", help="comma-separated point names (default: all)")
     ap.add_argument("--json", type=Path, help="also write the table here")
     args = ap.parse_args()
@@ -50,7 +53,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         done = (run / "metrics.jsonl").exists() and last_validation(run)["step"] == steps
         if not done:
-            cmd = ["s2s-job", "train", "--run-dir", str(run), "--max-steps", str(steps), "--warmup-steps", str(max(1, steps // 5)),
+            cmd = [S2S_JOB, "train", "--run-dir", str(run), "--max-steps", str(steps), "--warmup-steps", str(max(1, steps // 5)),
                    "--max-minutes", str(args.minutes * 2), "--patience", "0", *flags]
             print("$", " ".join(cmd), flush=True)
             t0 = time.time()

@@ -17,15 +17,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 
 from s2s.evaluate import corpus_scores, load_model
-from s2s.export.graphs import DECODER_STEP, ENCODER, DecoderStep, Encoder, example_inputs, export_graph
+from s2s.export.graphs import DECODER_STATE, DECODER_STEP, ENCODER, DecoderState, DecoderStep, Encoder, example_inputs, export_graph
 from s2s.export.parity import parity_gate
+from s2s.export.vmap import VMAP_FILE, build_vmap
 from s2s.export.runtime import FORMAT, MANIFEST, ModelDir, OrtEngine, library_versions, sha256
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, load_sentencepiece
-from s2s.translator import DecodeConfig, TorchEngine, Translator
+from s2s.translator import DecodeConfig, TorchEngine, Translator, pad_ids
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,10 @@ class ExportConfig:
     tolerance: float = 1e-4  # max |delta log-prob| per step
     quantize: str | None = None  # "int8": add an onnxruntime dynamic-quantized variant
     max_int8_bleu_loss: float = 0.5  # int8 becomes the CPU default only within this much valid BLEU
+    max_vmap_bleu_loss: float = 0.5  # and the vocabulary map is on by default only within this much
+    vmap: bool = True  # also export a vocabulary map (export/vmap.py) and the step graph without its projection
+    vmap_per_source: int = 20  # target tokens kept per source token
+    vmap_frequent: int = 1000  # most frequent target tokens, always kept
     max_input_tokens: int = 250
     max_decoding_length: int = 256
     overwrite: bool = False
@@ -68,11 +74,28 @@ class ParityError(RuntimeError):
     """The exported graphs do not decode as PyTorch does; nothing was written."""
 
 
-def _valid_bleu(model_dir: Path, manifest: dict, variant: str, rows: list[dict]) -> float:
-    translator = Translator(OrtEngine(ModelDir(model_dir, manifest), variant, "cpu", threads=os.cpu_count() or 1),
+def _valid_bleu(model_dir: Path, manifest: dict, variant: str, rows: list[dict], use_vmap: bool = False) -> float:
+    engine = OrtEngine(ModelDir(model_dir, manifest), variant, "cpu", threads=os.cpu_count() or 1, use_vmap=use_vmap)
+    translator = Translator(engine,
                             load_sentencepiece(model_dir / "src.model"), load_sentencepiece(model_dir / "tgt.model"), DecodeConfig())
     hyps = [t.translation or "" for t in translator.translate([r["src"] for r in rows])]
     return corpus_scores(hyps, [r["refs"] for r in rows])["bleu"]
+
+
+def _state_graph_diff(model_dir: Path, manifest: dict, sources: list[list[int]], steps: int = 5) -> float:
+    """Max |delta log-prob| between decoder_step.onnx and decoder_state.onnx + the projection over the whole
+    vocabulary (what vocabulary-map decoding computes, with a shortlist of everything), fed the same tokens."""
+    full = OrtEngine(ModelDir(model_dir, manifest), "fp32", "cpu")
+    split = OrtEngine(ModelDir(model_dir, manifest), "fp32", "cpu", use_vmap=True)
+    src, lens = pad_ids(sources)
+    a, b = full.encode(src, lens), split.encode(src, lens)
+    split.ids, split.weight, split.bias = np.arange(split.vocab), split.vmap["weight"], split.vmap["bias"]
+    prev, worst = np.full(len(sources), BOS_ID, dtype=np.int64), 0.0
+    for _ in range(steps):
+        lp_a, a = full.step(prev, a)
+        lp_b, b = split.step(prev, b)
+        worst, prev = max(worst, float(np.abs(lp_a - lp_b).max())), lp_a.argmax(axis=1)
+    return worst
 
 
 def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportConfig()) -> dict:
@@ -97,6 +120,8 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
         with torch.no_grad():
             export_graph(Encoder(model), enc_args, ENCODER, tmp, cfg.opset, cfg.exporter == "dynamo")
             export_graph(DecoderStep(model), dec_args, DECODER_STEP, tmp, cfg.opset, cfg.exporter == "dynamo")
+            if cfg.vmap:
+                export_graph(DecoderState(model), dec_args, DECODER_STATE, tmp, cfg.opset, cfg.exporter == "dynamo")
         for name in ("src.model", "tgt.model"):
             shutil.copyfile(run / name, tmp / name)
         manifest = {
@@ -114,6 +139,15 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
             "variants": {"fp32": {"encoder": ENCODER.file, "decoder_step": DECODER_STEP.file}},
             "default_cpu_variant": "fp32",
         }
+        graphs = (ENCODER, DECODER_STEP)
+        if cfg.vmap:
+            graphs += (DECODER_STATE,)
+            vmap = build_vmap(run / "data" / "train.parquet", model.cfg.src_vocab_size, model.cfg.tgt_vocab_size, cfg.vmap_per_source,
+                              cfg.vmap_frequent)
+            np.savez(tmp / VMAP_FILE, **vmap, weight=model.generator.weight.detach().float().numpy(),
+                     bias=model.generator.bias.detach().float().numpy())
+            manifest["vmap"] = {"file": VMAP_FILE, "per_source": cfg.vmap_per_source, "frequent": cfg.vmap_frequent}
+            manifest["variants"]["fp32"]["decoder_state"] = DECODER_STATE.file
 
         # validate
         engine = OrtEngine(ModelDir(tmp, manifest), "fp32", "cpu", threads=os.cpu_count() or 1)
@@ -125,21 +159,34 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
                               f"greedy {gate['greedy']}, beam {gate[f'beam{cfg.beam_size}']}; first divergences: {gate['divergences'][:3]}. "
                               "No model directory was written.")
         log.info("parity gate passed: %s", {k: gate[k] for k in ("max_abs_logprob_diff", "greedy", f"beam{cfg.beam_size}")})
+        if cfg.vmap:
+            gate["decoder_state_max_abs_diff"] = diff = _state_graph_diff(tmp, manifest, sources[: max(cfg.batch_sizes)])
+            if diff > cfg.tolerance:
+                raise ParityError(f"decoder_state.onnx with the full projection is {diff:.2e} off decoder_step.onnx "
+                                  f"(tolerance {cfg.tolerance}). No model directory was written.")
 
         # quantize
         if cfg.quantize == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            for spec in (ENCODER, DECODER_STEP):
+            for spec in graphs:
                 quantize_dynamic(tmp / spec.file, tmp / spec.file.replace(".onnx", ".int8.onnx"), weight_type=QuantType.QInt8)
-            manifest["variants"]["int8"] = {"encoder": ENCODER.file.replace(".onnx", ".int8.onnx"),
-                                            "decoder_step": DECODER_STEP.file.replace(".onnx", ".int8.onnx")}
-            for variant in ("fp32", "int8"):
+            manifest["variants"]["int8"] = {key: f.replace(".onnx", ".int8.onnx") for key, f in manifest["variants"]["fp32"].items()}
+        for variant in manifest["variants"]:
+            if cfg.quantize or cfg.vmap:
                 manifest["variants"][variant]["valid_bleu"] = _valid_bleu(tmp, manifest, variant, valid)
+            if cfg.vmap:
+                manifest["variants"][variant]["valid_bleu_vmap"] = _valid_bleu(tmp, manifest, variant, valid, use_vmap=True)
+        if cfg.quantize == "int8":
             loss = manifest["variants"]["fp32"]["valid_bleu"] - manifest["variants"]["int8"]["valid_bleu"]
             manifest["default_cpu_variant"] = "int8" if loss <= cfg.max_int8_bleu_loss else "fp32"
             log.info("int8 valid BLEU %.2f vs fp32 %.2f: CPU default %s", manifest["variants"]["int8"]["valid_bleu"],
                      manifest["variants"]["fp32"]["valid_bleu"], manifest["default_cpu_variant"])
+        if cfg.vmap:  # the shortlist is on by default only where it costs the default variant little BLEU
+            v = manifest["variants"][manifest["default_cpu_variant"]]
+            manifest["default_use_vmap"] = v["valid_bleu"] - v["valid_bleu_vmap"] <= cfg.max_vmap_bleu_loss
+            log.info("vocabulary map: valid BLEU %.2f vs %.2f with the full softmax: %s by default", v["valid_bleu_vmap"], v["valid_bleu"],
+                     "on" if manifest["default_use_vmap"] else "off")
 
         # save
         manifest["files"] = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}

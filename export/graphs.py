@@ -1,4 +1,4 @@
-"""The two ONNX graphs: their modules, input/output names and dynamic axes, declared in one place."""
+"""The ONNX graphs (encoder, decoder step, and the step without its projection): their modules, input/output names and dynamic axes, declared in one place."""
 
 from __future__ import annotations
 
@@ -34,6 +34,23 @@ class DecoderStep(torch.nn.Module):
         return self.model.decode_step(prev, h, c, feed, memory, mask)
 
 
+class DecoderState(torch.nn.Module):
+    """The decoding step without the output projection -> feed (B, H), h, c, attention (B, S).
+
+    For vocabulary-map decoding (`export/vmap.py`): the projection then runs outside the graph over the
+    batch's shortlist of target tokens, with the generator weights saved beside the graphs.
+    """
+
+    def __init__(self, model: Seq2Seq):
+        super().__init__()
+        self.model = model
+        self.eval()
+
+    def forward(self, prev, h, c, feed, memory, mask):
+        out, h, c, attn = self.model._step(prev, h, c, feed, memory, mask)
+        return out, h, c, attn
+
+
 @dataclass(frozen=True)
 class GraphSpec:
     file: str
@@ -53,6 +70,13 @@ DECODER_STEP = GraphSpec(
             "memory": {0: "batch", 1: "src_len"}, "mask": {0: "batch", 1: "src_len"}},
     outputs={"log_probs": {0: "batch"}, "h_out": {0: "batch"}, "c_out": {0: "batch"},
              "feed_out": {0: "batch"}, "attention": {0: "batch", 1: "src_len"}},
+)
+
+
+DECODER_STATE = GraphSpec(
+    "decoder_state.onnx",
+    inputs=DECODER_STEP.inputs,
+    outputs={"feed_out": {0: "batch"}, "h_out": {0: "batch"}, "c_out": {0: "batch"}, "attention": {0: "batch", 1: "src_len"}},
 )
 
 

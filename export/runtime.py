@@ -132,10 +132,12 @@ class OrtEngine:
     """Encoder + single-step decoder sessions as the step function the shared search runs on.
 
     `io_binding` (default: on with the CUDA provider) keeps the decoder state in device tensors between steps.
+    `use_vmap` projects each step onto the batch's vocabulary-map shortlist (`s2s.export.vmap`) instead of
+    the whole target vocabulary (plain `run` on the host; not combined with I/O binding).
     """
 
     def __init__(self, model_dir: ModelDir, variant: str = "auto", device: str = "auto", threads: int = 1,
-                 io_binding: bool | None = None):
+                 io_binding: bool | None = None, use_vmap: bool = False):
         import onnxruntime as ort
 
         m = model_dir.manifest
@@ -155,13 +157,22 @@ class OrtEngine:
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
             raise DeviceError(f"--device cuda: the CUDA provider did not load (running {self.provider}); check the CUDA/cuDNN libraries")
         self.variant = variant
+        self.use_vmap = use_vmap
+        if use_vmap:
+            if "vmap" not in m or "decoder_state" not in files:
+                raise ModelDirError(f"{model_dir.path}: exported without a vocabulary map; re-export it (vmap is on by default) "
+                                    "or decode without --use-vmap")
+            self.state_step = ort.InferenceSession(str(model_dir.file(files["decoder_state"])), opts, providers=providers)
+            with np.load(model_dir.file(m["vmap"]["file"])) as z:
+                self.vmap = {k: z[k] for k in z.files}
+            self.unk_eos = (m["special_ids"]["unk"], m["special_ids"]["eos"])
         cfg = m["model_config"]
         self.hidden, self.layers, self.vocab = cfg["hidden_size"], cfg["decoder_layers"], cfg["tgt_vocab_size"]
         on_cuda = self.provider == "CUDAExecutionProvider"
-        self.io_binding = on_cuda if io_binding is None else io_binding
+        self.io_binding = (on_cuda if io_binding is None else io_binding) and not use_vmap
         self.device = "cuda" if on_cuda else "cpu"
-        log.info("onnxruntime provider: %s (variant %s, %d thread(s)%s)", self.provider, variant, threads,
-                 ", I/O binding" if self.io_binding else "")
+        log.info("onnxruntime provider: %s (variant %s, %d thread(s)%s%s)", self.provider, variant, threads,
+                 ", I/O binding" if self.io_binding else "", ", vocabulary map" if use_vmap else "")
 
     def encode(self, src_ids: np.ndarray, src_lens: np.ndarray) -> State:
         feeds = {"src_ids": src_ids.astype(np.int64), "src_lens": src_lens.astype(np.int64)}
@@ -171,6 +182,11 @@ class OrtEngine:
             out = self._run_bound(self.encoder, feeds, shapes)
             return {"h": out["h0"], "c": out["c0"], "feed": out["feed0"], "memory": out["memory"], "mask": out["mask"]}
         memory, mask, h, c, feed = self.encoder.run(None, feeds)
+        if self.use_vmap:  # this batch's shortlist; the steps that follow project onto it only
+            from s2s.export.vmap import shortlist
+
+            self.ids = shortlist(self.vmap, src_ids, self.unk_eos)
+            self.weight, self.bias = np.ascontiguousarray(self.vmap["weight"][self.ids]), self.vmap["bias"][self.ids]
         return {"h": h, "c": c, "feed": feed, "memory": memory, "mask": mask}
 
     def step(self, prev: np.ndarray, state: State) -> tuple[np.ndarray, State]:
@@ -182,6 +198,13 @@ class OrtEngine:
             out = self._run_bound(self.decoder, feeds, shapes)
             lp = out["log_probs"].cpu().numpy()  # the search picks tokens on the host; the state stays on the device
             return lp, {**state, "h": out["h_out"], "c": out["c_out"], "feed": out["feed_out"], "attention": out["attention"]}
+        if self.use_vmap:
+            feed, h, c, attn = self.state_step.run(None, feeds)
+            logits = feed @ self.weight.T + self.bias  # (N, shortlist)
+            logits -= logits.max(axis=1, keepdims=True)
+            lp = np.full((len(prev), self.vocab), -np.inf, dtype=np.float32)  # tokens off the shortlist cannot be chosen
+            lp[:, self.ids] = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+            return lp, {**state, "h": h, "c": c, "feed": feed, "attention": attn}
         lp, h, c, feed, attn = self.decoder.run(None, feeds)
         return lp, {**state, "h": h, "c": c, "feed": feed, "attention": attn}
 
@@ -221,5 +244,6 @@ def load_translator(path: str | Path, decode: DecodeConfig | None = None, varian
     model_dir = load_model_dir(path)
     limits = model_dir.manifest.get("limits", {})
     decode = decode or DecodeConfig(max_input_tokens=limits.get("max_input_tokens", 250))
-    engine = OrtEngine(model_dir, variant, device, threads, io_binding)
+    use_vmap = decode.use_vmap if decode.use_vmap is not None else model_dir.manifest.get("default_use_vmap", False)
+    engine = OrtEngine(model_dir, variant, device, threads, io_binding, use_vmap)
     return Translator(engine, load_sentencepiece(model_dir.file("src.model")), load_sentencepiece(model_dir.file("tgt.model")), decode)

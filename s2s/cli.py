@@ -98,6 +98,7 @@ def export(
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     parity_sentences: Annotated[int, typer.Option(help="Held-out sentences the parity gate decodes.")] = 200,
     tolerance: Annotated[float, typer.Option(help="Max |delta log-prob| per step between PyTorch and onnxruntime.")] = 1e-4,
+    vmap: Annotated[bool, typer.Option(help="Also export a vocabulary map for shortlist decoding (translate --use-vmap).")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model directory.")] = False,
 ) -> None:
     """Export a run's checkpoint to ONNX (encoder + single-step decoder), behind a parity gate."""
@@ -105,7 +106,7 @@ def export(
 
     try:
         cfg = ExportConfig(exporter=exporter, checkpoint=checkpoint, parity_sentences=parity_sentences, tolerance=tolerance,
-                           quantize=quantize, overwrite=overwrite)
+                           quantize=quantize, vmap=vmap, overwrite=overwrite)
         manifest = export_run(run_dir, out, cfg)
     except ParityError as e:
         _fail(str(e), code=1)
@@ -114,7 +115,8 @@ def export(
     gate = manifest["parity"]
     typer.echo(f"wrote {out}: parity passed on {gate['sentences']} sentences at batch sizes {gate['batch_sizes']} "
                f"(max |delta log-prob| {gate['max_abs_logprob_diff']:.1e}; greedy {gate['greedy']}; beam {gate['beam4']}); "
-               f"CPU default variant {manifest['default_cpu_variant']}")
+               f"CPU default variant {manifest['default_cpu_variant']}"
+               + (f", vocabulary map {'on' if manifest['default_use_vmap'] else 'off'} by default" if "vmap" in manifest else ""))
 
 
 @app.command()
@@ -132,6 +134,7 @@ def translate(
     max_input_tokens: Annotated[int, typer.Option(help="Longer inputs are refused (or truncated with --truncate).")] = 250,
     truncate: Annotated[bool, typer.Option(help="Truncate inputs over --max-input-tokens instead of refusing them.")] = False,
     max_decoding_length: Annotated[int, typer.Option(help="Hard cap on output tokens.")] = 256,
+    use_vmap: Annotated[Optional[bool], typer.Option("--use-vmap/--no-use-vmap", help="Project onto the vocabulary-map shortlist (default: the model's choice, from its valid BLEU).")] = None,
     actors: Annotated[int, typer.Option(help="Translate actors (0: as many as fit, leaving room for I/O tasks).")] = 0,
     cpus_per_actor: Annotated[float, typer.Option(help="CPUs per actor, also its onnxruntime threads (0: one 1-thread actor per core, less half a CPU per node for I/O).")] = 0.0,
     gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor.")] = 0.0,
@@ -151,7 +154,8 @@ def translate(
 
     try:
         decode = DecodeConfig(beam_size=beam_size, nbest=nbest, length_penalty=length_penalty, max_batch_tokens=max_batch_tokens,
-                              max_input_tokens=max_input_tokens, truncate_long_input=truncate, max_decoding_length=max_decoding_length)
+                              max_input_tokens=max_input_tokens, truncate_long_input=truncate, max_decoding_length=max_decoding_length,
+                              use_vmap=use_vmap)
         values = {"date": date, "partition": partition}
         input = fill_template(input, values)
         out = fill_template(output, values) if output else str(Path("outputs") / Path(input.rstrip("/")).stem.replace("*", "all"))

@@ -1,7 +1,9 @@
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from s2s.evaluate import load_model
 from s2s.export.convert import ExportConfig, ParityError, export_run
 from s2s.export.runtime import ModelDirError, OrtEngine, load_model_dir, load_translator, sha256
+from s2s.export.vmap import build_vmap, shortlist
 from s2s.search import beam_search, greedy_search
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from s2s.translator import DecodeConfig, TorchEngine
@@ -85,6 +88,35 @@ def test_io_binding_gives_the_same_translations(model_dir, small_corpus, beam_si
     a, b = plain.translate(texts), bound.translate(texts)
     assert [x.tokens for x in a] == [x.tokens for x in b]
     assert np.allclose([x.score for x in a], [x.score for x in b], atol=1e-4)
+
+
+def test_vmap_is_built_from_co_occurrence(tmp_path):
+    rows = {"src_ids": [[10, 5, 3], [11, 5, 3], [10, 6, 3]], "tgt_ids": [[2, 20, 7, 3], [2, 21, 7, 3], [2, 20, 8, 3]]}
+    pq.write_table(pa.table(rows), tmp_path / "train.parquet")
+    v = build_vmap(tmp_path / "train.parquet", 30, 30, per_source=4, frequent=2)
+    assert 20 in v["by_source"][10] and 21 not in v["by_source"][10] and 21 in v["by_source"][11]
+    assert not np.isin(v["by_source"], [PAD_ID, 1, BOS_ID, EOS_ID]).any()  # special ids never take a slot
+    assert list(v["frequent"]) == [7, 20]
+    short = set(shortlist(v, np.array([10, EOS_ID]), (1, EOS_ID)).tolist())
+    assert {1, EOS_ID, 7, 20} <= short and 21 not in short
+
+
+def test_vmap_decoding(model_dir, small_corpus):
+    """The shortlist path equals the full softmax when the shortlist is everything, and never leaves it."""
+    m = json.loads((model_dir / "manifest.json").read_text())
+    assert m["parity"]["decoder_state_max_abs_diff"] <= 1e-4 and "valid_bleu_vmap" in m["variants"]["int8"]
+    texts = pq.read_table(small_corpus).column("en").to_pylist()[:30]
+    decode = DecodeConfig(max_decoding_length=20)
+    full = load_translator(model_dir, replace(decode, use_vmap=False), variant="fp32", device="cpu")
+    wide = load_translator(model_dir, replace(decode, use_vmap=True), variant="fp32", device="cpu")
+    assert wide.engine.use_vmap and len(wide.engine.vmap["frequent"]) >= m["vocab_sizes"]["tgt"] - 4  # tiny vocab: all of it
+    assert [x.tokens for x in full.translate(texts)] == [x.tokens for x in wide.translate(texts)]
+    narrow = load_translator(model_dir, replace(decode, use_vmap=True), variant="fp32", device="cpu")
+    narrow.engine.vmap["frequent"] = narrow.engine.vmap["frequent"][:10]
+    for text in texts:
+        out = narrow.translate([text])[0]
+        allowed = shortlist(narrow.engine.vmap, np.array(narrow.src_sp.encode(text) + [EOS_ID]), (1, EOS_ID))
+        assert set(out.tokens) <= set(allowed.tolist())
 
 
 def test_changed_byte_is_refused_naming_the_file(model_dir, tmp_path):
