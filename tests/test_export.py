@@ -80,8 +80,9 @@ def test_translator_over_the_model_dir(model_dir):
 def test_io_binding_gives_the_same_translations(model_dir, small_corpus, beam_size):
     """The I/O-binding path (the CUDA default) on the CPU provider: same state, same outputs as plain run()."""
     texts = pq.read_table(small_corpus).column("en").to_pylist()[:40]
-    plain = load_translator(model_dir, DecodeConfig(beam_size=beam_size), variant="fp32", device="cpu", io_binding=False)
-    bound = load_translator(model_dir, DecodeConfig(beam_size=beam_size), variant="fp32", device="cpu", io_binding=True)
+    decode = DecodeConfig(beam_size=beam_size, use_vmap=False)  # I/O binding runs the full step graph
+    plain = load_translator(model_dir, decode, variant="fp32", device="cpu", io_binding=False)
+    bound = load_translator(model_dir, decode, variant="fp32", device="cpu", io_binding=True)
     assert bound.engine.io_binding and not plain.engine.io_binding
     state = bound.engine.encode(*_random_batch(np.random.default_rng(0), 5, 7, 50))
     assert isinstance(state["memory"], torch.Tensor)  # the state lives in device tensors, not numpy arrays
