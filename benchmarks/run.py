@@ -211,6 +211,13 @@ def bench_decode(a: argparse.Namespace, texts: list[str], refs: list[list[str]])
                     goal = {"ort fp32": ">= 2.4x", "ort int8": ">= 4x", "ort int8+vmap": ">= 4x"}.get(name, "") if (beam, batch) == (1, 64) else ""
                     record("decode", f"{name} vs torch eager, {what}", speed[(name, beam, batch)], speed[("torch", beam, batch)],
                            "sent/s", goal)
+    if "vmap" in model_dir.manifest:
+        from s2s.export.vmap import shortlist
+
+        vm = engines["ort fp32+vmap"].vmap
+        sizes = [len(shortlist(vm, np.concatenate([src_sp.encode(t) for t in sample[i : i + 64]]), (1, 3))) for i in range(0, len(sample), 64)]
+        record("decode", "vocabulary-map shortlist, batches of 64: mean size vs the vocabulary", float(np.mean(sizes)),
+               model.cfg.tgt_vocab_size, "subwords")
     if "int8" in SELECTED:
         bleu = {}
         for name in engines:

@@ -32,7 +32,7 @@ def _parts(folder: Path):
     return pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("part-*.parquet"))])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
     gcs, dashboard = _free_port(), _free_port()
     temp_dir = tempfile.mkdtemp(prefix="rayj", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
@@ -98,3 +98,17 @@ def test_translate_submitted_as_a_ray_job_then_rerun_is_a_no_op(ray_head, tiny_m
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "nothing to do" in second.stdout + second.stderr
     assert _parts(out).num_rows == 300
+
+
+def test_train_submitted_as_a_ray_job(ray_head, small_corpus, tmp_path):
+    """`s2s-job train` reaches the cluster through RAY_ADDRESS: 4 DDP workers on the head's 2 CPUs."""
+    address, head_env = ray_head
+    run = tmp_path / "run"
+    env = {**head_env, "RAY_ADDRESS": address, "WORKERS": "4", "RUN_DIR": str(run)}
+    cmd = ["bash", "jobs/submit_train.sh", "--data", str(small_corpus), "--src-vocab-size", "300", "--tgt-vocab-size", "300",
+           "--emb-dim", "16", "--hidden-size", "32", "--batch-tokens", "800", "--max-steps", "6", "--log-every", "2"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "on 4 worker(s), CPU/gloo" in done.stdout + done.stderr
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["kind"] == "epoch" and records[-1]["step"] == 6 and (run / "checkpoints" / "best.pt").is_file()
