@@ -3,7 +3,8 @@
 Every point trains with the same budget in steps sized to about `--minutes` of wall time on the
 2-core dev machine, with the learning-rate schedule (warm-up, linear decay) compressed to that many
 steps, so each point ends annealed rather than cut off mid-schedule. The table gives valid BLEU
-(greedy, multi-reference), the training minutes each really took, and BLEU per CPU-minute.
+(greedy, multi-reference), the minutes each really took (validation included: one at the epoch
+boundary and one at the end), BLEU per CPU-minute, and the median target tokens/s.
 
     python benchmarks/train_sweep.py --out runs/sweep            # all points, in order
     python benchmarks/train_sweep.py --out runs/sweep --only base,hidden384
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -31,9 +33,12 @@ POINTS: dict[str, tuple[list[str], float]] = {
 }
 
 
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def last_validation(run: Path) -> dict:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in records if r["kind"] == "epoch"][-1]
+    return [r for r in records(run) if r["kind"] == "epoch"][-1]
 
 
 def main() -> None:
@@ -66,11 +71,12 @@ def main() -> None:
         minutes = v["elapsed_s"] / 60
         rows.append({"point": name, "flags": " ".join(flags) or "(defaults)", "steps": v["step"], "train_min": round(minutes, 1),
                      "cpu_min": round(minutes * cpus, 1), "valid_bleu": v["valid_bleu"], "valid_chrf": v["valid_chrf"],
-                     "bleu_per_cpu_min": round(v["valid_bleu"] / (minutes * cpus), 3)})
-    print(f"\n{'point':<10} {'flags':<44} {'steps':>5} {'min':>5} {'CPU-min':>7} {'BLEU':>6} {'chrF':>6} {'BLEU/CPU-min':>12}")
+                     "bleu_per_cpu_min": round(v["valid_bleu"] / (minutes * cpus), 3),
+                     "tokens_per_s": int(statistics.median(r["tokens_per_s"] for r in records(run) if r["kind"] == "train"))})
+    print(f"\n{'point':<10} {'flags':<44} {'steps':>5} {'min':>5} {'CPU-min':>7} {'BLEU':>6} {'chrF':>6} {'BLEU/CPU-min':>12} {'tok/s':>6}")
     for r in rows:
         print(f"{r['point']:<10} {r['flags']:<44} {r['steps']:>5} {r['train_min']:>5} {r['cpu_min']:>7} {r['valid_bleu']:>6} "
-              f"{r['valid_chrf']:>6} {r['bleu_per_cpu_min']:>12}")
+              f"{r['valid_chrf']:>6} {r['bleu_per_cpu_min']:>12} {r['tokens_per_s']:>6}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
