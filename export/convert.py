@@ -49,7 +49,6 @@ class ExportConfig:
     tolerance: float = 1e-4  # max |delta log-prob| per step
     quantize: str | None = None  # "int8": add an onnxruntime dynamic-quantized variant
     max_int8_bleu_loss: float = 0.5  # int8 becomes the CPU default only within this much valid BLEU
-    max_vmap_bleu_loss: float = 0.5  # and the vocabulary map is on by default only within this much
     vmap: bool = True  # also export a vocabulary map (export/vmap.py) and the step graph without its projection
     vmap_per_source: int = 20  # target tokens kept per source token
     vmap_frequent: int = 1000  # most frequent target tokens, always kept
@@ -89,7 +88,7 @@ def _state_graph_diff(model_dir: Path, manifest: dict, sources: list[list[int]],
     split = OrtEngine(ModelDir(model_dir, manifest), "fp32", "cpu", use_vmap=True)
     src, lens = pad_ids(sources)
     a, b = full.encode(src, lens), split.encode(src, lens)
-    split.ids, split.weight, split.bias = np.arange(split.vocab), split.vmap["weight"], split.vmap["bias"]
+    split.ids, split.weight_t, split.bias = np.arange(split.vocab), np.ascontiguousarray(split.vmap["weight"].T), split.vmap["bias"]
     prev, worst = np.full(len(sources), BOS_ID, dtype=np.int64), 0.0
     for _ in range(steps):
         lp_a, a = full.step(prev, a)
@@ -182,11 +181,9 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
             manifest["default_cpu_variant"] = "int8" if loss <= cfg.max_int8_bleu_loss else "fp32"
             log.info("int8 valid BLEU %.2f vs fp32 %.2f: CPU default %s", manifest["variants"]["int8"]["valid_bleu"],
                      manifest["variants"]["fp32"]["valid_bleu"], manifest["default_cpu_variant"])
-        if cfg.vmap:  # the shortlist is on by default only where it costs the default variant little BLEU
+        if cfg.vmap:
             v = manifest["variants"][manifest["default_cpu_variant"]]
-            manifest["default_use_vmap"] = v["valid_bleu"] - v["valid_bleu_vmap"] <= cfg.max_vmap_bleu_loss
-            log.info("vocabulary map: valid BLEU %.2f vs %.2f with the full softmax: %s by default", v["valid_bleu_vmap"], v["valid_bleu"],
-                     "on" if manifest["default_use_vmap"] else "off")
+            log.info("vocabulary map: valid BLEU %.2f vs %.2f with the full softmax", v["valid_bleu_vmap"], v["valid_bleu"])
 
         # save
         manifest["files"] = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}

@@ -162,7 +162,7 @@ class OrtEngine:
             if "vmap" not in m or "decoder_state" not in files:
                 raise ModelDirError(f"{model_dir.path}: exported without a vocabulary map; re-export it (vmap is on by default) "
                                     "or decode without --use-vmap")
-            self.state_step = ort.InferenceSession(str(model_dir.file(files["decoder_state"])), opts, providers=providers)
+            self.state_step = ort.InferenceSession(_with_projection(model_dir.file(files["decoder_state"])), opts, providers=providers)
             with np.load(model_dir.file(m["vmap"]["file"])) as z:
                 self.vmap = {k: z[k] for k in z.files}
             self.unk_eos = (m["special_ids"]["unk"], m["special_ids"]["eos"])
@@ -186,7 +186,7 @@ class OrtEngine:
             from s2s.export.vmap import shortlist
 
             self.ids = shortlist(self.vmap, src_ids, self.unk_eos)
-            self.weight, self.bias = np.ascontiguousarray(self.vmap["weight"][self.ids]), self.vmap["bias"][self.ids]
+            self.weight_t, self.bias = np.ascontiguousarray(self.vmap["weight"][self.ids].T), self.vmap["bias"][self.ids]
         return {"h": h, "c": c, "feed": feed, "memory": memory, "mask": mask}
 
     def step(self, prev: np.ndarray, state: State) -> tuple[np.ndarray, State]:
@@ -199,11 +199,9 @@ class OrtEngine:
             lp = out["log_probs"].cpu().numpy()  # the search picks tokens on the host; the state stays on the device
             return lp, {**state, "h": out["h_out"], "c": out["c_out"], "feed": out["feed_out"], "attention": out["attention"]}
         if self.use_vmap:
-            feed, h, c, attn = self.state_step.run(None, feeds)
-            logits = feed @ self.weight.T + self.bias  # (N, shortlist)
-            logits -= logits.max(axis=1, keepdims=True)
+            feed, h, c, attn, lp_short = self.state_step.run(None, {**feeds, "vmap_weight_t": self.weight_t, "vmap_bias": self.bias})
             lp = np.full((len(prev), self.vocab), -np.inf, dtype=np.float32)  # tokens off the shortlist cannot be chosen
-            lp[:, self.ids] = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+            lp[:, self.ids] = lp_short
             return lp, {**state, "h": h, "c": c, "feed": feed, "attention": attn}
         lp, h, c, feed, attn = self.decoder.run(None, feeds)
         return lp, {**state, "h": h, "c": c, "feed": feed, "attention": attn}
@@ -238,12 +236,30 @@ class OrtEngine:
         return outs
 
 
+def _with_projection(path: Path) -> bytes:
+    """decoder_state.onnx plus the output projection onto a shortlist passed in per batch (vmap_weight_t (H, K),
+    vmap_bias (K,)) -> vmap_log_probs (B, K). Appended here, not at export, so one exported graph serves any
+    shortlist; in the same session, because a second one (or numpy's BLAS) fights its threads for the cores:
+    measured 2.7x slower that way."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    g.input.extend([helper.make_tensor_value_info("vmap_weight_t", TensorProto.FLOAT, [None, "shortlist"]),
+                    helper.make_tensor_value_info("vmap_bias", TensorProto.FLOAT, ["shortlist"])])
+    g.node.extend([helper.make_node("MatMul", ["feed_out", "vmap_weight_t"], ["vmap_logits0"], name="vmap_matmul"),
+                   helper.make_node("Add", ["vmap_logits0", "vmap_bias"], ["vmap_logits"], name="vmap_add"),
+                   helper.make_node("LogSoftmax", ["vmap_logits"], ["vmap_log_probs"], name="vmap_log_softmax", axis=-1)])
+    g.output.append(helper.make_tensor_value_info("vmap_log_probs", TensorProto.FLOAT, [None, "shortlist"]))
+    return model.SerializeToString()
+
+
 def load_translator(path: str | Path, decode: DecodeConfig | None = None, variant: str = "auto", device: str = "auto",
                     threads: int = 1, io_binding: bool | None = None) -> Translator:
     """A Translator over an exported model directory (verified), ready to translate text."""
     model_dir = load_model_dir(path)
     limits = model_dir.manifest.get("limits", {})
     decode = decode or DecodeConfig(max_input_tokens=limits.get("max_input_tokens", 250))
-    use_vmap = decode.use_vmap if decode.use_vmap is not None else model_dir.manifest.get("default_use_vmap", False)
-    engine = OrtEngine(model_dir, variant, device, threads, io_binding, use_vmap)
+    engine = OrtEngine(model_dir, variant, device, threads, io_binding, decode.use_vmap)
     return Translator(engine, load_sentencepiece(model_dir.file("src.model")), load_sentencepiece(model_dir.file("tgt.model")), decode)

@@ -115,8 +115,7 @@ def export(
     gate = manifest["parity"]
     typer.echo(f"wrote {out}: parity passed on {gate['sentences']} sentences at batch sizes {gate['batch_sizes']} "
                f"(max |delta log-prob| {gate['max_abs_logprob_diff']:.1e}; greedy {gate['greedy']}; beam {gate['beam4']}); "
-               f"CPU default variant {manifest['default_cpu_variant']}"
-               + (f", vocabulary map {'on' if manifest['default_use_vmap'] else 'off'} by default" if "vmap" in manifest else ""))
+               f"CPU default variant {manifest['default_cpu_variant']}")
 
 
 @app.command()
@@ -134,7 +133,7 @@ def translate(
     max_input_tokens: Annotated[int, typer.Option(help="Longer inputs are refused (or truncated with --truncate).")] = 250,
     truncate: Annotated[bool, typer.Option(help="Truncate inputs over --max-input-tokens instead of refusing them.")] = False,
     max_decoding_length: Annotated[int, typer.Option(help="Hard cap on output tokens.")] = 256,
-    use_vmap: Annotated[Optional[bool], typer.Option("--use-vmap/--no-use-vmap", help="Project onto the vocabulary-map shortlist (default: the model's choice, from its valid BLEU).")] = None,
+    use_vmap: Annotated[bool, typer.Option(help="Project each step onto the vocabulary-map shortlist (fp32: faster; int8: slower here).")] = False,
     actors: Annotated[int, typer.Option(help="Translate actors (0: as many as fit, leaving room for I/O tasks).")] = 0,
     cpus_per_actor: Annotated[float, typer.Option(help="CPUs per actor, also its onnxruntime threads (0: one 1-thread actor per core, less half a CPU per node for I/O).")] = 0.0,
     gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor.")] = 0.0,

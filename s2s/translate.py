@@ -412,9 +412,9 @@ def _summarize(cfg: TranslateConfig, stats: list[dict], n_units: int, n_skipped:
         "rows_this_run": rows_now, "wall_seconds": round(wall, 2),
         "sentences_per_s": round(rows_now / wall, 2) if wall else 0.0, "tokens_per_s": round(tokens_now / wall, 2) if wall else 0.0,
         "providers": sorted({s["provider"] for s in stats}), "decode": dataclasses.asdict(cfg.decode),
-        "use_vmap": cfg.decode.use_vmap if cfg.decode.use_vmap is not None else bool(manifest.get("default_use_vmap")),
+        "use_vmap": cfg.decode.use_vmap,
         "quality": quality.signals(),
-        "model_manifest": {k: manifest.get(k) for k in ("created", "exporter", "opset", "default_cpu_variant", "default_use_vmap", "vocab_sizes", "limits")},
+        "model_manifest": {k: manifest.get(k) for k in ("created", "exporter", "opset", "default_cpu_variant", "vocab_sizes", "limits")},
         "versions": library_versions(),
     }
 

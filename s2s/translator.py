@@ -27,7 +27,7 @@ class DecodeConfig:
     max_batch_tokens: int = 4096  # padded source tokens per sub-batch (rows x longest)
     max_input_tokens: int = 250  # longer inputs are refused, or truncated if truncate_long_input
     truncate_long_input: bool = False
-    use_vmap: bool | None = None  # project onto the vocabulary-map shortlist (onnxruntime; None: the model's default)
+    use_vmap: bool = False  # project onto the vocabulary-map shortlist (onnxruntime; CTranslate2's name)
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
