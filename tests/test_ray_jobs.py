@@ -105,7 +105,7 @@ def test_train_submitted_as_a_ray_job(ray_head, small_corpus, tmp_path):
     address, head_env = ray_head
     run = tmp_path / "run"
     env = {**head_env, "RAY_ADDRESS": address, "WORKERS": "4", "RUN_DIR": str(run)}
-    cmd = ["bash", "jobs/submit_train.sh", "--data", str(small_corpus), "--src-vocab-size", "300", "--tgt-vocab-size", "300",
+    cmd = ["bash", "jobs/submit_train.sh", "--data", str(small_corpus), "--src-vocab-size", "500", "--tgt-vocab-size", "500",
            "--emb-dim", "16", "--hidden-size", "32", "--batch-tokens", "800", "--max-steps", "6", "--log-every", "2"]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
