@@ -22,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from s2s.data import pad_batch, token_batches
+from s2s.data import token_batches
 from s2s.evaluate import corpus_scores, load_model
 from s2s.export.runtime import OrtEngine, load_model_dir
 from s2s.tokenizer import load_sentencepiece
@@ -41,10 +40,10 @@ SECTIONS = ("decode", "int8", "pipeline", "actors", "training", "scale", "limit"
 ROWS: list[dict] = []  # every figure of the run, printed as one table and written by --json
 
 
-def record(section: str, what: str, a: float, b: float | None = None, unit: str = "", goal: str = "", note: str = "") -> None:
+def record(section: str, what: str, a: float, b: float | None = None, unit: str = "", goal: str = "") -> None:
     """One line of the table: a (and b, with ratio a/b) in `unit`."""
     row = {"section": section, "what": what, "a": round(a, 4), "b": None if b is None else round(b, 4), "unit": unit,
-           "ratio": None if not b else round(a / b, 3), "goal": goal, "note": note}
+           "ratio": None if not b else round(a / b, 3), "goal": goal}
     ROWS.append(row)
     ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else ""
     b_txt = f"{row['b']:,.4g}" if b is not None else ""
@@ -307,8 +306,8 @@ def bench_training(a: argparse.Namespace, work: Path) -> None:
     from s2s.model import ModelConfig
 
     cfg = ModelConfig(**model_cfg)
-    tgt_tokens, src_tokens, n = token_totals(a.run)
-    per_tgt = 3 * (decode_flops_per_row(cfg, src_tokens / n) + encoder_flops_per_token(cfg) * src_tokens / tgt_tokens)
+    src_l, tgt_l = train_lengths(a.run)
+    per_tgt = 3 * (decode_flops_per_row(cfg, src_l.mean()) + encoder_flops_per_token(cfg) * src_l.sum() / tgt_l.sum())
     record("limit", "training FLOPs per target token (3x forward)", per_tgt / 1e6, None, "MFLOP")
     for dtype in ("bf16", "fp32"):
         if dtype in LIMIT:
@@ -316,12 +315,10 @@ def bench_training(a: argparse.Namespace, work: Path) -> None:
                    "GFLOP/s")
 
 
-def token_totals(run: Path) -> tuple[int, int, int]:
-    """Target tokens, source tokens and rows of the training split."""
+def train_lengths(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Source and target lengths (subwords, specials included) of every training pair."""
     t = pq.read_table(run / "data" / "train.parquet")
-    tgt = sum(len(x) for x in t.column("tgt_ids").to_pylist())
-    src = sum(len(x) for x in t.column("src_ids").to_pylist())
-    return tgt, src, t.num_rows
+    return (np.array([len(x) for x in t.column("src_ids").to_pylist()]), np.array([len(x) for x in t.column("tgt_ids").to_pylist()]))
 
 
 def bench_scale(a: argparse.Namespace, texts: list[str], work: Path) -> None:
@@ -330,8 +327,7 @@ def bench_scale(a: argparse.Namespace, texts: list[str], work: Path) -> None:
         src = repeated_parquet(texts, n, work / f"scale-{n}.parquet")
         run = run_translate_cli(src, work / f"out-scale-{n}", a.model, ["--beam-size", "1"])
         per_row[n] = run["process_wall_s"] / n
-        record("scale", f"{n:,} rows greedy: milliseconds per row", per_row[n] * 1e3, None, "ms/row",
-               note=f"peak RSS {run['peak_rss_bytes'] / 2**20:,.0f} MiB")
+        record("scale", f"{n:,} rows greedy: milliseconds per row", per_row[n] * 1e3, None, "ms/row")
         record("scale", f"{n:,} rows: peak RSS of the process tree", run["peak_rss_bytes"] / 2**20, None, "MiB")
         (work / f"scale-{n}.parquet").unlink()
         shutil.rmtree(work / f"out-scale-{n}")
@@ -342,13 +338,10 @@ def bench_scale(a: argparse.Namespace, texts: list[str], work: Path) -> None:
 
 
 def bench_padding(a: argparse.Namespace, texts: list[str]) -> None:
-    t = pq.read_table(a.run / "data" / "train.parquet")
-    src = [len(x) for x in t.column("src_ids").to_pylist()]
-    tgt = [len(x) for x in t.column("tgt_ids").to_pylist()]
-    src_l, tgt_l = np.array(src), np.array(tgt)
+    src_l, tgt_l = train_lengths(a.run)
     sorted_batches = token_batches(src_l, tgt_l, 6000, seed=0)
     rng = np.random.default_rng(0)
-    shuffled = rng.permutation(len(src))
+    shuffled = rng.permutation(len(src_l))
     rows_per = int(np.mean([len(b) for b in sorted_batches]))
     random_batches = [shuffled[i : i + rows_per] for i in range(0, len(shuffled), rows_per)]
 

@@ -88,7 +88,7 @@ def _state_graph_diff(model_dir: Path, manifest: dict, sources: list[list[int]],
     split = OrtEngine(ModelDir(model_dir, manifest), "fp32", "cpu", use_vmap=True)
     src, lens = pad_ids(sources)
     a, b = full.encode(src, lens), split.encode(src, lens)
-    split.ids, split.weight_t, split.bias = np.arange(split.vocab), np.ascontiguousarray(split.vmap["weight"].T), split.vmap["bias"]
+    split.set_shortlist(np.arange(split.vocab))
     prev, worst = np.full(len(sources), BOS_ID, dtype=np.int64), 0.0
     for _ in range(steps):
         lp_a, a = full.step(prev, a)

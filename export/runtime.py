@@ -185,9 +185,13 @@ class OrtEngine:
         if self.use_vmap:  # this batch's shortlist; the steps that follow project onto it only
             from s2s.export.vmap import shortlist
 
-            self.ids = shortlist(self.vmap, src_ids, self.unk_eos)
-            self.weight_t, self.bias = np.ascontiguousarray(self.vmap["weight"][self.ids].T), self.vmap["bias"][self.ids]
+            self.set_shortlist(shortlist(self.vmap, src_ids, self.unk_eos))
         return {"h": h, "c": c, "feed": feed, "memory": memory, "mask": mask}
+
+    def set_shortlist(self, ids: np.ndarray) -> None:
+        """Target ids the following steps project onto (`encode` sets the batch's; the export gate, all of them)."""
+        self.ids = ids
+        self.weight_t, self.bias = np.ascontiguousarray(self.vmap["weight"][ids].T), self.vmap["bias"][ids]
 
     def step(self, prev: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         feeds = {"prev": prev.astype(np.int64), "h": state["h"], "c": state["c"], "feed": state["feed"], "memory": state["memory"],

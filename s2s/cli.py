@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from s2s.data import BUNDLED_DATA, DataError
+from s2s.data import BUNDLED_DATA
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, export and run an LSTM translator on Ray.")
 

@@ -38,8 +38,10 @@ def load_run(output_dir: str | Path) -> dict:
     """run.json of a translate output folder, local or at any URI pyarrow reads (s3://, gs://)."""
     import pyarrow.fs as pafs
 
+    from s2s.translate import filesystem
+
     spec = str(output_dir)
-    fs, base = pafs.FileSystem.from_uri(spec) if "://" in spec else (pafs.LocalFileSystem(), str(Path(spec).resolve()))
+    fs, base = filesystem(spec)
     path = f"{base.rstrip('/')}/run.json"
     if fs.get_file_info(path).type != pafs.FileType.File:
         raise FileNotFoundError(f"{spec.rstrip('/')}/run.json: no run.json; is {output_dir} the --output of a translate run?")

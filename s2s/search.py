@@ -93,6 +93,8 @@ def beam_search(
     """
     if beam_size < 1 or not 1 <= nbest <= beam_size:
         raise ValueError(f"need beam_size >= 1 and 1 <= nbest <= beam_size, got {beam_size}, {nbest}")
+    import torch  # here, not at the top: Ray's read and commit workers import this module and need no torch
+
     K = beam_size
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     active = np.arange(batch)  # sentences still searching
@@ -111,8 +113,6 @@ def beam_search(
         # The 2K best continuations of a sentence are among the 2K best tokens of each of its beams (a beam's
         # score is one constant added to all its tokens), so top-k per beam first: torch.topk does it ~20x
         # faster than numpy's argpartition over the whole (n, K*V) row, which dominated beam search time.
-        import torch  # here, not at the top: Ray's read and commit workers import this module and need no torch
-
         k2 = min(2 * K, V)
         beam_lp, beam_tok = torch.from_numpy(np.ascontiguousarray(log_probs, dtype=np.float32)).topk(k2, dim=1)
         part = (np.arange(K)[None, :, None] * V + beam_tok.numpy().reshape(n, K, k2)).reshape(n, K * k2)  # index into K*V

@@ -89,7 +89,8 @@ def fill_template(path: str, values: dict[str, str | None]) -> str:
     return path
 
 
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem for a local path or a URI (s3://, gs://), and the path within it."""
     if "://" in path:
         return pafs.FileSystem.from_uri(path)
     return pafs.LocalFileSystem(), str(Path(path).resolve())
@@ -97,7 +98,7 @@ def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
 
 def list_inputs(spec: str) -> tuple[pafs.FileSystem, list[str]]:
     """The Parquet files named by a file, a folder (searched recursively) or a glob, sorted."""
-    fs, path = _filesystem(spec)
+    fs, path = filesystem(spec)
     if any(ch in path for ch in "*?["):
         base = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0] or "/"
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
@@ -159,7 +160,7 @@ def read_unit(batch: pa.Table, id_column: str | None) -> pa.Table:
     """Read the rows of each unit in `batch`; tag them with the unit and a stable id."""
     tables = []
     for unit in batch.to_pylist():
-        fs, path = _filesystem(unit["path"])
+        fs, path = filesystem(unit["path"])
         info = fs.get_file_info(path)
         with fs.open_input_file(path) as handle:
             pf = pq.ParquetFile(handle)
@@ -227,7 +228,7 @@ def commit_shard(batch: pa.Table, output: str) -> pa.Table:
     Returns what the driver needs for this attempt's speed; run.json's counts are read back from the
     committed parts, so they include earlier attempts.
     """
-    fs, out = _filesystem(output)
+    fs, out = filesystem(output)
     stats = []
     for name in sorted(set(batch.column("_unit").to_pylist())):
         rows = batch.filter(pc.equal(batch.column("_unit"), name))
@@ -290,7 +291,7 @@ def size_actor_pool(cfg: TranslateConfig, node_cpus: list[float], node_gpus: lis
 
 def _prepare_output(cfg: TranslateConfig, job: dict) -> set[str]:
     """Check the output folder; return the units already committed (with --resume)."""
-    fs, out = _filesystem(cfg.output)
+    fs, out = filesystem(cfg.output)
     info = fs.get_file_info(out)
     existing = []
     if info.type == pafs.FileType.Directory:
@@ -358,9 +359,8 @@ def run_translate(cfg: TranslateConfig) -> dict:
         print(f"Ray: {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs on {len(nodes)} node(s); {actors} translate actor(s) x "
               f"{cpus_per_actor:.3g} CPU{f' + {cfg.gpus_per_actor:g} GPU' if cfg.gpus_per_actor else ''}, "
               f"{threads} onnxruntime thread(s) each", flush=True)
-        small = IO_TASK_CPUS
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-        ds = ds.map_batches(read_unit, batch_size=None, batch_format="pyarrow", num_cpus=small,
+        ds = ds.map_batches(read_unit, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
                             fn_kwargs={"id_column": cfg.id_column})
         ds = ds.map_batches(TranslateBatch, batch_size=None, batch_format="pyarrow", concurrency=actors,
                             num_cpus=cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
@@ -368,7 +368,7 @@ def run_translate(cfg: TranslateConfig) -> dict:
                                                    "text_column": cfg.text_column, "decode": cfg.decode, "variant": cfg.variant,
                                                    "device": cfg.device, "threads": threads},
                             max_restarts=-1, max_task_retries=-1)  # a dead actor is replaced and its batch retried
-        ds = ds.map_batches(commit_shard, batch_size=None, batch_format="pyarrow", num_cpus=small,
+        ds = ds.map_batches(commit_shard, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
                             fn_kwargs={"output": str(Path(cfg.output).resolve()) if "://" not in cfg.output else cfg.output})
         for row in ds.iter_rows():
             stats.append(row)
@@ -379,7 +379,7 @@ def run_translate(cfg: TranslateConfig) -> dict:
 
 def _summarize(cfg: TranslateConfig, stats: list[dict], n_units: int, n_skipped: int, wall: float, manifest: dict) -> dict:
     """Counts over every committed shard (earlier attempts included); speed over this attempt's shards."""
-    fs, out = _filesystem(cfg.output)
+    fs, out = filesystem(cfg.output)
     parts = [i.path for i in fs.get_file_info(pafs.FileSelector(out)) if Path(i.path).name.startswith("part-")]
     rows = errors = src_tokens = tgt_tokens = 0
     kinds: dict[str, int] = {}
@@ -420,18 +420,18 @@ def _summarize(cfg: TranslateConfig, stats: list[dict], n_units: int, n_skipped:
 
 
 def _exists(output: str, name: str) -> bool:
-    fs, out = _filesystem(output)
+    fs, out = filesystem(output)
     return fs.get_file_info(f"{out}/{name}").type == pafs.FileType.File
 
 
 def _read_run_json(cfg: TranslateConfig) -> dict:
-    fs, out = _filesystem(cfg.output)
+    fs, out = filesystem(cfg.output)
     with fs.open_input_stream(f"{out}/{RUN_FILE}") as f:
         return json.loads(f.read())
 
 
 def _write_run_json(cfg: TranslateConfig, summary: dict) -> None:
-    fs, out = _filesystem(cfg.output)
+    fs, out = filesystem(cfg.output)
     tmp = f"{out}/_tmp-{uuid.uuid4().hex}-{RUN_FILE}"
     with fs.open_output_stream(tmp) as f:
         f.write(json.dumps(summary, indent=2).encode())

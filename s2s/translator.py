@@ -7,13 +7,16 @@ below for evaluation, `s2s.export.runtime.OrtEngine` for the translate job. Both
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import sentencepiece as spm
 
 from s2s.search import Hypothesis, State, beam_search, greedy_search
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class Engine(Protocol):
 class TorchEngine:
     """The PyTorch model as a step function (evaluation, the export parity gate, benchmarks)."""
 
-    def __init__(self, model: "torch.nn.Module"):
+    def __init__(self, model: torch.nn.Module):
         import torch  # imported here so that the Ray workers that only read and write Parquet never load torch
 
         self.torch, self.model = torch, model.eval()
