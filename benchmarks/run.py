@@ -210,6 +210,12 @@ def bench_decode(a: argparse.Namespace, texts: list[str], refs: list[list[str]])
                     goal = {"ort fp32": ">= 2.4x", "ort int8": ">= 4x", "ort int8+vmap": ">= 4x"}.get(name, "") if (beam, batch) == (1, 64) else ""
                     record("decode", f"{name} vs torch eager, {what}", speed[(name, beam, batch)], speed[("torch", beam, batch)],
                            "sent/s", goal)
+            if batch == 64:  # onnxruntime's default, pool threads spinning between runs, against ours (`OrtEngine(spin=...)`)
+                for variant in model_dir.manifest["variants"]:
+                    spinning = Translator(OrtEngine(model_dir, variant, "cpu", a.threads, spin=True), src_sp, tgt_sp, decode)
+                    timed_translate(spinning, sample[:8], batch)
+                    record("decode", f"ort {variant}, pool threads idle vs spinning (onnxruntime's default), {what}",
+                           speed[(f"ort {variant}", beam, batch)], timed_translate(spinning, sample, batch)[0], "sent/s")
     if "vmap" in model_dir.manifest:
         from s2s.export.vmap import shortlist
 

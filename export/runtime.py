@@ -134,10 +134,14 @@ class OrtEngine:
     `io_binding` (default: on with the CUDA provider) keeps the decoder state in device tensors between steps.
     `use_vmap` projects each step onto the batch's vocabulary-map shortlist (`s2s.export.vmap`) instead of
     the whole target vocabulary (plain `run` on the host; not combined with I/O binding).
+    `spin` lets idle onnxruntime pool threads spin-wait for the next run (onnxruntime's default). Off here:
+    the encoder's and the decoder's pools each keep a spinning thread, and between steps the search's host
+    code needs the core they burn; with 2 threads on 2 cores, turning it off made greedy batch-64 decoding
+    1.5x (fp32) to 1.8x (int8) faster (benchmarks/run.py, decode section, measures it side by side).
     """
 
     def __init__(self, model_dir: ModelDir, variant: str = "auto", device: str = "auto", threads: int = 1,
-                 io_binding: bool | None = None, use_vmap: bool = False):
+                 io_binding: bool | None = None, use_vmap: bool = False, spin: bool = False):
         import onnxruntime as ort
 
         m = model_dir.manifest
@@ -150,6 +154,7 @@ class OrtEngine:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         providers = choose_providers(device)
         self.encoder = ort.InferenceSession(str(model_dir.file(files["encoder"])), opts, providers=providers)
         self.decoder = ort.InferenceSession(str(model_dir.file(files["decoder_step"])), opts, providers=providers)
@@ -191,7 +196,7 @@ class OrtEngine:
     def set_shortlist(self, ids: np.ndarray) -> None:
         """Target ids the following steps project onto (`encode` sets the batch's; the export gate, all of them)."""
         self.ids = ids
-        self.weight_t, self.bias = np.ascontiguousarray(self.vmap["weight"][ids].T), self.vmap["bias"][ids]
+        self.weight, self.bias = self.vmap["weight"][ids], self.vmap["bias"][ids]  # rows (K, H): a gather, no transpose
 
     def step(self, prev: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         feeds = {"prev": prev.astype(np.int64), "h": state["h"], "c": state["c"], "feed": state["feed"], "memory": state["memory"],
@@ -203,7 +208,7 @@ class OrtEngine:
             lp = out["log_probs"].cpu().numpy()  # the search picks tokens on the host; the state stays on the device
             return lp, {**state, "h": out["h_out"], "c": out["c_out"], "feed": out["feed_out"], "attention": out["attention"]}
         if self.use_vmap:
-            feed, h, c, attn, lp_short = self.state_step.run(None, {**feeds, "vmap_weight_t": self.weight_t, "vmap_bias": self.bias})
+            feed, h, c, attn, lp_short = self.state_step.run(None, {**feeds, "vmap_weight": self.weight, "vmap_bias": self.bias})
             lp = np.full((len(prev), self.vocab), -np.inf, dtype=np.float32)  # tokens off the shortlist cannot be chosen
             lp[:, self.ids] = lp_short
             return lp, {**state, "h": h, "c": c, "feed": feed, "attention": attn}
@@ -241,19 +246,19 @@ class OrtEngine:
 
 
 def _with_projection(path: Path) -> bytes:
-    """decoder_state.onnx plus the output projection onto a shortlist passed in per batch (vmap_weight_t (H, K),
-    vmap_bias (K,)) -> vmap_log_probs (B, K). Appended here, not at export, so one exported graph serves any
-    shortlist; in the same session, because a second one (or numpy's BLAS) fights its threads for the cores:
-    measured 2.7x slower that way."""
+    """decoder_state.onnx plus the output projection onto a shortlist passed in per batch (vmap_weight (K, H),
+    the generator's rows; vmap_bias (K,)) -> vmap_log_probs (B, K). A Gemm with transB takes the gathered rows
+    as they are (transposing them on the host took 6 ms a batch, 20x the gather). Appended here, not at export,
+    so one exported graph serves any shortlist; in the same session, because a second one (or numpy's BLAS)
+    fights its threads for the cores: measured 2.7x slower that way."""
     import onnx
     from onnx import TensorProto, helper
 
     model = onnx.load(str(path))
     g = model.graph
-    g.input.extend([helper.make_tensor_value_info("vmap_weight_t", TensorProto.FLOAT, [None, "shortlist"]),
+    g.input.extend([helper.make_tensor_value_info("vmap_weight", TensorProto.FLOAT, ["shortlist", None]),
                     helper.make_tensor_value_info("vmap_bias", TensorProto.FLOAT, ["shortlist"])])
-    g.node.extend([helper.make_node("MatMul", ["feed_out", "vmap_weight_t"], ["vmap_logits0"], name="vmap_matmul"),
-                   helper.make_node("Add", ["vmap_logits0", "vmap_bias"], ["vmap_logits"], name="vmap_add"),
+    g.node.extend([helper.make_node("Gemm", ["feed_out", "vmap_weight", "vmap_bias"], ["vmap_logits"], name="vmap_gemm", transB=1),
                    helper.make_node("LogSoftmax", ["vmap_logits"], ["vmap_log_probs"], name="vmap_log_softmax", axis=-1)])
     g.output.append(helper.make_tensor_value_info("vmap_log_probs", TensorProto.FLOAT, [None, "shortlist"]))
     return model.SerializeToString()
