@@ -10,11 +10,14 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +175,8 @@ def token_batches(
 
 def pad_batch(seqs: list[np.ndarray] | list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad id sequences into a (B, T) LongTensor; also return the (B,) lengths."""
+    import torch  # here: the CLI imports this module for its defaults, and torch takes a second to import
+
     lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
     out = torch.full((len(seqs), int(lens.max())), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
