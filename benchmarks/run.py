@@ -283,9 +283,9 @@ def bench_training(a: argparse.Namespace, work: Path) -> None:
 
     from s2s.train import TrainConfig, fit, train_loop_per_worker
 
-    results = {}
-    for mode in ("bare", "ray"):
-        run = work / f"train-{mode}"
+    speeds: dict[str, list[float]] = {"bare": [], "ray": []}
+    for i, mode in enumerate(("bare", "ray") * a.train_rounds):  # alternated: this machine's speed drifts 10-20% over minutes
+        run = work / f"train-{i}-{mode}"
         run.mkdir(parents=True)
         for name in ("config.json", "src.model", "tgt.model"):
             shutil.copy(a.run / name, run / name)
@@ -304,10 +304,10 @@ def bench_training(a: argparse.Namespace, work: Path) -> None:
             finally:
                 ray.shutdown()
         lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        speeds = [x["tokens_per_s"] for x in lines if x["kind"] == "train"][1:]  # the first interval warms up
-        results[mode] = float(np.median(speeds))
-    record("training", f"Ray Train 1 worker vs bare loop, {a.train_steps} steps (median)", results["ray"], results["bare"],
-           "tok/s", "ratio >= 0.95")
+        speeds[mode] += [x["tokens_per_s"] for x in lines if x["kind"] == "train"][1:]  # the first interval warms up
+    results = {mode: float(np.median(v)) for mode, v in speeds.items()}
+    record("training", f"Ray Train 1 worker vs bare loop, {a.train_rounds}x{a.train_steps} steps alternated (median)", results["ray"],
+           results["bare"], "tok/s", "ratio >= 0.95")
     model_cfg = json.loads((a.run / "config.json").read_text())["model"]
     from s2s.model import ModelConfig
 
@@ -382,6 +382,7 @@ def main() -> None:
     ap.add_argument("--pipeline-rows", type=int, default=100000)
     ap.add_argument("--pipeline-beam", type=int, default=1)
     ap.add_argument("--train-steps", type=int, default=60)
+    ap.add_argument("--train-rounds", type=int, default=2, help="bare/Ray Train runs, alternated")
     ap.add_argument("--scale", default="10000,100000,1000000", help="row counts for the scale section")
     ap.add_argument("--json", type=Path, help="write every figure here too")
     ap.add_argument("--markdown", type=Path, help="and the table as Markdown (for docs/performance.md)")

@@ -42,33 +42,31 @@ class Hypothesis:
 
 def greedy_search(step: StepFn, state: State, batch: int, bos: int, eos: int, max_len: np.ndarray) -> list[Hypothesis]:
     """Pick the most likely token at every step; rows that finished are dropped from the state."""
-    tokens: list[list[int]] = [[] for _ in range(batch)]
-    step_lp: list[list[float]] = [[] for _ in range(batch)]
+    tokens = np.zeros((batch, max(1, int(max_len.max()))), dtype=np.int64)  # (batch, step): the pick of each row at each step
+    step_lp = np.zeros(tokens.shape)  # its log-probability
+    steps = np.zeros(batch, dtype=np.int64)  # steps each row took, its EOS step included
+    ended = np.zeros(batch, dtype=bool)  # whether that last step picked EOS
     active = np.arange(batch)
     prev = np.full(batch, bos, dtype=np.int64)
     t = 0
     while len(active):
         log_probs, state = step(prev, state)
         best = log_probs.argmax(axis=1)
-        best_lp = log_probs[np.arange(len(active)), best]
-        keep = []
-        for j, b in enumerate(active):
-            step_lp[b].append(float(best_lp[j]))
-            if best[j] == eos:
-                continue
-            tokens[b].append(int(best[j]))
-            if t + 1 < max_len[b]:
-                keep.append(j)
+        tokens[active, t], step_lp[active, t] = best, log_probs[np.arange(len(active)), best]
+        is_eos = best == eos
+        done = is_eos | (t + 1 >= max_len[active])
+        steps[active[done]], ended[active[done]] = t + 1, is_eos[done]
         t += 1
-        if len(keep) < len(active):
-            keep_arr = np.asarray(keep, dtype=np.int64)
-            state, active, prev = select_state(state, keep_arr), active[keep_arr], best[keep_arr]
+        if done.any():
+            keep = np.nonzero(~done)[0]
+            state, active, prev = select_state(state, keep), active[keep], best[keep]
         else:
             prev = best
     hyps = []
     for b in range(batch):
-        score = float(sum(step_lp[b]))
-        hyps.append(Hypothesis(tokens[b], score, score, step_lp[b]))
+        lps = step_lp[b, : steps[b]].tolist()
+        score = float(sum(lps))
+        hyps.append(Hypothesis(tokens[b, : steps[b] - ended[b]].tolist(), score, score, lps))
     return hyps
 
 
