@@ -1,5 +1,8 @@
 """The CLI parses and calls: --help everywhere, and bad invocations end with a clear message and exit 2."""
 
+import subprocess
+import sys
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -55,3 +58,12 @@ def test_date_and_partition_fill_the_path_templates(tiny_model_dir, tmp_path):
     assert result.exit_code == 2 and f"{day}/part=7.parquet: no such input" in result.output
     result = runner.invoke(app, ["translate", template, "--model", str(tiny_model_dir), "--date", "2026-11-21"])
     assert result.exit_code == 2 and "has {partition} but no --partition" in result.output
+
+
+def test_translate_path_does_not_load_torch():
+    """The CLI and everything the translate job's driver, read and commit tasks import stay free of torch:
+    importing it costs a second per command and per fresh Ray worker (the actors load onnxruntime only)."""
+    code = ("import sys, s2s.cli, s2s.translate, s2s.export.runtime, s2s.search, s2s.translator; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
