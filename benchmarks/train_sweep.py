@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from s2s.plots import read_metrics
+
 # name -> (flags, steps per minute measured on the dev machine, 2 workers x 1 thread, bf16)
 S2S_JOB = shutil.which("s2s-job", path=os.path.dirname(sys.executable)) or "s2s-job"  # this venv's, even unactivated
 
@@ -33,12 +35,8 @@ POINTS: dict[str, tuple[list[str], float]] = {
 }
 
 
-def records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def last_validation(run: Path) -> dict:
-    return [r for r in records(run) if r["kind"] == "epoch"][-1]
+    return read_metrics(run)[1][-1]
 
 
 def main() -> None:
@@ -72,7 +70,7 @@ def main() -> None:
         rows.append({"point": name, "flags": " ".join(flags) or "(defaults)", "steps": v["step"], "train_min": round(minutes, 1),
                      "cpu_min": round(minutes * cpus, 1), "valid_bleu": v["valid_bleu"], "valid_chrf": v["valid_chrf"],
                      "bleu_per_cpu_min": round(v["valid_bleu"] / (minutes * cpus), 3),
-                     "tokens_per_s": int(statistics.median(r["tokens_per_s"] for r in records(run) if r["kind"] == "train"))})
+                     "tokens_per_s": int(statistics.median(r["tokens_per_s"] for r in read_metrics(run)[0]))})
     print(f"\n{'point':<10} {'flags':<44} {'steps':>5} {'min':>5} {'CPU-min':>7} {'BLEU':>6} {'chrF':>6} {'BLEU/CPU-min':>12} {'tok/s':>6}")
     for r in rows:
         print(f"{r['point']:<10} {r['flags']:<44} {r['steps']:>5} {r['train_min']:>5} {r['cpu_min']:>7} {r['valid_bleu']:>6} "

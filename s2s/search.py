@@ -55,7 +55,8 @@ def greedy_search(step: StepFn, state: State, batch: int, bos: int, eos: int, ma
         tokens[active, t], step_lp[active, t] = best, log_probs[np.arange(len(active)), best]
         is_eos = best == eos
         done = is_eos | (t + 1 >= max_len[active])
-        steps[active[done]], ended[active[done]] = t + 1, is_eos[done]
+        finished = active[done]
+        steps[finished], ended[finished] = t + 1, is_eos[done]
         t += 1
         if done.any():
             keep = np.nonzero(~done)[0]

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
+from s2s.cluster import init_ray
 from s2s.data import BUNDLED_DATA, DataError, load_pairs, pad_batch, split_pairs, token_batches
 from s2s.evaluate import corpus_scores
 from s2s.model import ModelConfig, Seq2Seq, sequence_loss, shift_target
@@ -386,8 +387,7 @@ def train(cfg: TrainConfig) -> dict:
 
     model_cfg = prepare(cfg, (cfg.model.src_vocab_size, cfg.model.tgt_vocab_size))
     run = Path(cfg.run_dir).resolve()
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING, log_to_driver=True)
+    init_ray(dashboard=True)  # Ray Train polls the state API, which the dashboard process serves
     resources = ray.cluster_resources()
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else resources.get("GPU", 0) > 0
     cpus = cfg.cpus or resources.get("CPU", 1)

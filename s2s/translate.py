@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from s2s.cluster import init_ray
 from s2s.export.runtime import choose_providers, library_versions
 from s2s.quality import QualityCounts, as_references
 from s2s.translator import DecodeConfig
@@ -268,7 +269,6 @@ def _fault_hook(where: str) -> None:
 
 IO_RESERVE = 0.5  # CPUs each node keeps free for the read and commit tasks
 IO_TASK_CPUS = 0.25  # what one read or commit task asks for: they mostly wait on storage
-LOCAL_WORKERS_SOFT_LIMIT = 16  # idle Python workers a local cluster keeps instead of killing and restarting them
 
 
 def size_actor_pool(cfg: TranslateConfig, node_cpus: list[float], node_gpus: list[float]) -> tuple[int, float, int]:
@@ -349,14 +349,10 @@ def run_translate(cfg: TranslateConfig) -> dict:
         return {**_read_run_json(cfg), "nothing_to_do": True}
 
     stats: list[dict] = []
+    phases = {"prepare_s": time.time() - t0}
     if todo:
-        if not ray.is_initialized():
-            address = os.environ.get("RAY_ADDRESS")
-            # A local throwaway cluster needs no dashboard (its processes cost CPU the actors could use), and
-            # keeps idle workers: by default Ray allows one per CPU, the actors take those, so each read and
-            # commit task started a fresh Python worker (1.5 CPU-seconds each; 15 of 110 on 100k rows).
-            local = {"include_dashboard": False, "_system_config": {"num_workers_soft_limit": LOCAL_WORKERS_SOFT_LIMIT}}
-            ray.init(address=address, logging_level=logging.WARNING, **({} if address else local))
+        init_ray(dashboard=False)  # Ray Data needs no state API; the dashboard costs CPU the actors could use
+        phases["ray_start_s"] = time.time() - t0 - phases["prepare_s"]
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
         actors, cpus_per_actor, threads = size_actor_pool(cfg, [n.get("CPU", 0.0) for n in nodes], [n.get("GPU", 0.0) for n in nodes])
         actors = min(actors, len(todo))
@@ -370,13 +366,17 @@ def run_translate(cfg: TranslateConfig) -> dict:
                             num_cpus=cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
                             fn_constructor_kwargs={"model": str(Path(cfg.model).resolve()) if "://" not in cfg.model else cfg.model,
                                                    "text_column": cfg.text_column, "decode": cfg.decode, "variant": cfg.variant,
-                                                   "device": cfg.device, "threads": threads},
-                            max_restarts=-1, max_task_retries=-1)  # a dead actor is replaced and its batch retried
+                                                   "device": cfg.device, "threads": threads})
+        # A dead actor is replaced and its batch retried: Ray Data's default for actor pools (max_restarts=-1,
+        # max_task_retries=-1; passing them ourselves is deprecated), tested in tests/test_translate_ray.py.
         ds = ds.map_batches(commit_shard, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
                             fn_kwargs={"output": str(Path(cfg.output).resolve()) if "://" not in cfg.output else cfg.output})
+        t_data = time.time()
         for row in ds.iter_rows():
             stats.append(row)
+        phases["translate_s"] = time.time() - t_data
     summary = _summarize(cfg, stats, len(units), len(done), time.time() - t0, model_dir.manifest)
+    summary["phase_seconds"] = {k: round(v, 2) for k, v in phases.items()}  # where wall_seconds went; Ray's shutdown comes after
     _write_run_json(cfg, summary)
     return summary
 
@@ -416,7 +416,6 @@ def _summarize(cfg: TranslateConfig, stats: list[dict], n_units: int, n_skipped:
         "rows_this_run": rows_now, "wall_seconds": round(wall, 2),
         "sentences_per_s": round(rows_now / wall, 2) if wall else 0.0, "tokens_per_s": round(tokens_now / wall, 2) if wall else 0.0,
         "providers": sorted({s["provider"] for s in stats}), "decode": dataclasses.asdict(cfg.decode),
-        "use_vmap": cfg.decode.use_vmap,
         "quality": quality.signals(),
         "model_manifest": {k: manifest.get(k) for k in ("created", "exporter", "opset", "default_cpu_variant", "vocab_sizes", "limits")},
         "versions": library_versions(),
