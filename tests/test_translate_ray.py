@@ -55,6 +55,8 @@ def test_translate_end_to_end(tiny_model_dir, corpus_300, tmp_path, ray_2cpus):
     assert [d.translation for d in direct] == [rows[i]["translation"] for i in (0, 1, 50, 299)]
     saved = json.loads((tmp_path / "out" / "run.json").read_text())
     assert saved["rows"] == 300 and saved["errors"] == 3 and saved["complete"] and saved["providers"] == ["CPUExecutionProvider"]
+    assert summary["phase_seconds"] == saved["phase_seconds"] and set(saved["phase_seconds"]) == {"prepare_s", "ray_start_s", "translate_s"}
+    assert sum(saved["phase_seconds"].values()) <= saved["wall_seconds"] + 0.05  # the phases are parts of the run's wall time
     assert saved["decode"]["use_vmap"] is False  # opt-in: on the CPU the int8 step is faster with the full projection
     assert saved["error_kinds"] == {"null text": 1, "empty or whitespace-only text": 1, "input over max_input_tokens": 1}
     # the same run again is a no-op that says so and keeps run.json as it was
