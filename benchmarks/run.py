@@ -31,8 +31,8 @@ import torch
 
 from s2s.data import token_batches
 from s2s.evaluate import corpus_scores, load_model
-from s2s.plots import read_metrics
 from s2s.export.runtime import OrtEngine, load_model_dir
+from s2s.plots import read_metrics
 from s2s.tokenizer import load_sentencepiece
 from s2s.translator import DecodeConfig, TorchEngine, Translator
 

@@ -19,7 +19,7 @@ LOCAL_WORKERS_SOFT_LIMIT = 16
 LOCAL_ENV = {
     # Ray starts its workers at nice 15 so that a node's Ray daemons stay responsive under load. Where the
     # workers are the job, that gives the raylet, GCS, dashboard, log monitor and the OS first claim on every
-    # core: a 1-worker Ray Train run made 0.81-0.85x the tokens/s of the same loop outside Ray, 0.88-0.95x
+    # core: a 1-worker Ray Train run made 0.81-0.89x the tokens/s of the same loop outside Ray, 0.87-0.95x
     # at nice 0 (docs/performance.md).
     "RAY_worker_niceness": "0",
     # Ray Train's background pollers for a long-lived cluster: the spot-preemption watcher and the

@@ -18,7 +18,7 @@ ray.shutdown()
 
 def test_local_cluster_runs_workers_at_nice_0():
     # A fresh process: init_ray must start the cluster itself (Ray's own default puts workers at nice 15,
-    # which on 2 cores cost a 1-worker Ray Train run 15-19% of its speed).
+    # which on 2 cores cost a 1-worker Ray Train run 11-19% of its speed).
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
