@@ -34,6 +34,9 @@ def as_references(value: Any) -> list[str]:
     return [v for v in value if isinstance(v, str)]
 
 
+COUNT_FIELDS = ("rows", "src_tokens", "tgt_tokens", "copies", "unknown", "repeated")
+
+
 @dataclass
 class QualityCounts:
     """Running totals over the translated rows (rows with an error do not count)."""
@@ -55,8 +58,19 @@ class QualityCounts:
         self.unknown += translation.count(UNKNOWN_PIECE)
         self.repeated += has_repeated_ngram(translation)
         if references:
-            self.hypotheses.append(translation)
-            self.references.append(references)
+            self.add_references(translation, references)
+
+    def add_references(self, translation: str, references: list[str]) -> None:
+        self.hypotheses.append(translation)
+        self.references.append(references)
+
+    def counts(self) -> dict[str, int]:
+        """The totals without the kept texts: what a shard stores, and `add_counts` sums."""
+        return {k: getattr(self, k) for k in COUNT_FIELDS}
+
+    def add_counts(self, counts: dict[str, int]) -> None:
+        for k in COUNT_FIELDS:
+            setattr(self, k, getattr(self, k) + counts[k])
 
     def signals(self) -> dict[str, Any]:
         out: dict[str, Any] = {

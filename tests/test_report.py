@@ -26,7 +26,7 @@ def _run_dir(tmp_path, name, translations, model="models/eng-fra"):
         "error": [None if t is not None else "null text" for t in translations],
         "_unit": ["part-a-0.parquet"] * n, "_provider": ["CPUExecutionProvider"] * n,
     })
-    stats = commit_shard(table, str(out)).to_pylist()
+    stats = commit_shard(table, str(out), "text").to_pylist()
     cfg = TranslateConfig(input="in.parquet", output=str(out), reference_column="refs", model=str(model))
     summary = _summarize(cfg, stats, n_units=1, n_skipped=0, wall=2.0, manifest={"files": {"encoder.onnx": "x"}})
     _write_run_json(cfg, summary)
@@ -100,3 +100,22 @@ def test_html_page_is_self_contained_and_complete(tmp_path, tiny_model_dir):
     for key, value in scalars(summary):
         assert key in text and _show(value) in text, key
     assert "J'aime les chats." in text and "null text" in text  # a sample row and the error breakdown
+
+
+def test_counts_come_from_each_parts_footer_and_older_parts_are_read_back(tmp_path):
+    """run.json sums the counts commit_shard stores in each part's footer; a part committed before footers
+    had counts (no s2s_stats key) is read back row by row, to the same totals."""
+    import pyarrow.parquet as pq
+
+    from s2s.translate import STATS_KEY
+
+    out, summary = _run_dir(tmp_path, "a", ["Bonjour.", "J'aime les chats les chats les chats les chats.", "Same text", None])
+    part = out / "part-a-0.parquet"
+    stored = json.loads(pq.read_schema(part).metadata[STATS_KEY])
+    assert stored["rows"] == 4 and stored["errors"] == 1 and stored["quality"]["copies"] == 1 and stored["quality"]["repeated"] == 1
+    pq.write_table(pq.read_table(part).replace_schema_metadata(None), part)  # as an older version wrote it
+    assert STATS_KEY not in (pq.read_schema(part).metadata or {})
+    cfg = TranslateConfig(input="in.parquet", output=str(out), reference_column="refs")
+    again = _summarize(cfg, [], n_units=1, n_skipped=1, wall=1.0, manifest={"files": {}})
+    for key in ("rows", "errors", "error_kinds", "src_tokens", "tgt_tokens", "quality"):
+        assert again[key] == summary[key], key
