@@ -285,6 +285,11 @@ def record_pipeline(n: int, beam: int, cli: dict, bare: dict, passes: int = 1) -
     fixed = cli["process_wall_s"] - cli["phase_seconds"]["translate_s"]
     record("pipeline", f"  translate's seconds outside Ray Data's execution (start, Ray start/stop, summary), {n:,} rows", fixed,
            cli["process_wall_s"], "s")
+    for phase, seconds in cli["phase_seconds"].items():  # run.json's split of them
+        if phase != "translate_s":
+            record("pipeline", f"    of which {phase.removesuffix('_s').replace('_', ' ')}", seconds, None, "s")
+    record("pipeline", "    of which the rest (interpreter, imports, summary, exit)", cli["process_wall_s"] - sum(cli["phase_seconds"].values()),
+           None, "s")
 
 
 def bench_actors(a: argparse.Namespace, texts: list[str], work: Path) -> None:

@@ -413,16 +413,17 @@ def _summarize(cfg: TranslateConfig, stats: list[dict], n_units: int, n_skipped:
         with fs.open_input_file(p) as f:
             pf = pq.ParquetFile(f)
             stored = (pf.schema_arrow.metadata or {}).get(STATS_KEY)
-            s = json.loads(stored) if stored else shard_stats(pf.read(), cfg.text_column)  # parts from before footers had counts
+            counts = json.loads(stored) if stored else shard_stats(pf.read(), cfg.text_column)  # parts from before footers had counts
             if cfg.reference_column:  # corpus BLEU needs the texts themselves
-                t = pf.read(columns=["error", "translation", cfg.reference_column])
-                for err, hyp, ref in zip(*(t.column(c).to_pylist() for c in t.column_names)):
+                names = ("error", "translation", cfg.reference_column)
+                t = pf.read(columns=list(names))
+                for err, hyp, ref in zip(*(t.column(c).to_pylist() for c in names)):
                     if err is None and (refs := as_references(ref)):
                         quality.add_references(hyp, refs)
-        rows, errors = rows + s["rows"], errors + s["errors"]
-        src_tokens, tgt_tokens = src_tokens + s["src_tokens"], tgt_tokens + s["tgt_tokens"]
-        quality.add_counts(s["quality"])
-        for k, v in s["error_kinds"].items():
+        rows, errors = rows + counts["rows"], errors + counts["errors"]
+        src_tokens, tgt_tokens = src_tokens + counts["src_tokens"], tgt_tokens + counts["tgt_tokens"]
+        quality.add_counts(counts["quality"])
+        for k, v in counts["error_kinds"].items():
             kinds[k] = kinds.get(k, 0) + v
     rows_now = sum(s["rows"] for s in stats)
     tokens_now = sum(s["tgt_tokens"] for s in stats)
