@@ -38,7 +38,7 @@ from s2s.translator import DecodeConfig, TorchEngine, Translator
 
 S2S_JOB = shutil.which("s2s-job", path=os.path.dirname(sys.executable)) or "s2s-job"  # this venv's, even unactivated
 SECTIONS = ("decode", "int8", "pipeline", "actors", "training", "scale", "limit", "padding")
-ROWS_PER_SHARD = 2000  # `s2s-job translate`'s default, which the bare loop cuts its input by too
+ROWS_PER_SHARD = 2000  # `s2s-job translate`'s default; both it and the bare loop are given it
 ROWS: list[dict] = []  # every figure of the run, printed as one table and written by --json
 
 
@@ -161,7 +161,7 @@ def timed_process(cmd: list[str]) -> dict:
 def run_translate_cli(input_path: Path, output: Path, model: Path, extra: list[str]) -> dict:
     """`s2s-job translate` in a subprocess; its run.json plus wall time and peak RSS of its process tree."""
     cmd = [S2S_JOB, "translate", str(input_path), "--text-column", "src", "--output", str(output), "--model", str(model),
-           "--overwrite", *extra]
+           "--rows-per-shard", str(ROWS_PER_SHARD), "--overwrite", *extra]
     return {**timed_process(cmd), **json.loads((output / "run.json").read_text())}
 
 
