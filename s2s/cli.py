@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,6 +19,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, expor
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _failure(error: BaseException) -> str:
+    """What failed, in one line. A Ray task's error carries the remote traceback as text: the last exception
+    it names that is not one of Ray's own wrappers is the one our code raised."""
+    raised = [line for line in str(error).splitlines() if re.match(r"[A-Za-z_][\w.]*: ", line) and not line.startswith("ray.")]
+    return raised[-1] if raised else f"{type(error).__name__}: {error}"
 
 
 @app.command()
@@ -125,7 +133,7 @@ def translate(
     model: Annotated[str, typer.Option(help="Exported model directory.")] = "models/eng-fra",
     text_column: Annotated[str, typer.Option(help="Column with the text to translate.")] = "text",
     id_column: Annotated[Optional[str], typer.Option(help="Column with row ids (default: add row_id = file#row).")] = None,
-    reference_column: Annotated[Optional[str], typer.Option(help="Column with references (string or list): adds BLEU/chrF to run.json.")] = None,
+    reference_column: Annotated[Optional[str], typer.Option(help="Column with references (string or list): adds BLEU/chrF to _run.json.")] = None,
     beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = 4,
     nbest: Annotated[int, typer.Option(help="Hypotheses per row; > 1 adds an nbest list column.")] = 1,
     length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = 1.0,
@@ -146,9 +154,9 @@ def translate(
     overwrite: Annotated[bool, typer.Option(help="Empty a non-empty output folder first.")] = False,
     resume: Annotated[bool, typer.Option(help="Finish an earlier run in the output folder; committed shards are kept.")] = False,
 ) -> None:
-    """Translate a Parquet corpus with onnxruntime in Ray Data actors; write Parquet shards and run.json."""
+    """Translate a Parquet corpus with onnxruntime in Ray Data actors; write Parquet shards, _run.json and _SUCCESS."""
     from s2s.export.runtime import DeviceError, ModelDirError
-    from s2s.translate import JobError, TranslateConfig, fill_template, run_translate
+    from s2s.translate import JobError, LeaseHeld, TranslateConfig, fill_template, run_translate
     from s2s.translator import DecodeConfig
 
     try:
@@ -164,18 +172,25 @@ def translate(
                               variant=variant, rows_per_shard=rows_per_shard, max_error_rate=max_error_rate,
                               overwrite=overwrite, resume=resume)
         summary = run_translate(cfg)
+    except LeaseHeld as e:  # another live run: the scheduler retries later
+        _fail(str(e), code=3)
     except (JobError, ModelDirError, DeviceError, ValueError) as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001 - Ray, storage or the machine failed: say so with the scheduler's code
-        _fail(f"run failed ({type(e).__name__}: {e}). Committed shards are kept: rerun the same command with --resume.", code=3)
-    if summary.get("nothing_to_do"):
-        return
-    typer.echo(json.dumps(summary, indent=2))
-    typer.echo(f"{summary['rows']} rows, {summary['errors']} errors ({summary['error_rate']:.2%}), "
-               f"{summary['sentences_per_s']} sentences/s, {summary['tokens_per_s']} tokens/s, "
-               f"provider {', '.join(summary['providers']) or 'none (nothing to do)'}, {summary['wall_seconds']} s; run.json in {cfg.output}")
-    if summary["error_rate"] > cfg.max_error_rate:
-        _fail(f"error rate {summary['error_rate']:.2%} is over --max-error-rate {cfg.max_error_rate:.2%}", code=1)
+        _fail(f"run failed ({_failure(e)}). Committed shards are kept: rerun the same command with --resume "
+              "once the cause is fixed.", code=3)
+    if not summary.get("nothing_to_do"):
+        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(f"{summary['rows']} rows, {summary['errors']} errors ({summary['error_rate']:.2%}), "
+                   f"{summary['sentences_per_s']} sentences/s, {summary['tokens_per_s']} tokens/s, "
+                   f"provider {', '.join(summary['providers']) or 'none (nothing to do)'}, {summary['wall_seconds']} s; "
+                   f"_run.json in {cfg.output}")
+    if summary["status"] == "failed_error_rate":
+        _fail(f"error rate {summary['error_rate']:.2%} is over --max-error-rate {cfg.max_error_rate:.2%} (status failed_error_rate "
+              f"in {cfg.output}/_run.json; see its error_kinds). Rerunning with --resume gives the same answer unless "
+              "--max-error-rate is raised.", code=1)
+    if summary["status"] != "complete":
+        _fail(f"run incomplete: {summary['shards_committed']} of {summary['shards_total']} shards committed; rerun with --resume.", code=3)
 
 
 @app.command()
@@ -216,7 +231,7 @@ def report(
     output_dirs: Annotated[list[Path], typer.Argument(help="One translate --output folder, or two to compare.")],
     html: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML page for the (first) run here.")] = None,
 ) -> None:
-    """Print a translate run's run.json, or compare two runs side by side; --html writes a page."""
+    """Print a translate run's _run.json, or compare two runs side by side; --html writes a page."""
     from s2s.report import format_comparison, format_report, load_run, write_html
 
     if len(output_dirs) not in (1, 2):

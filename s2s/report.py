@@ -1,4 +1,4 @@
-"""`s2s-job report`: a translate run's run.json as a readable summary, or two runs side by side."""
+"""`s2s-job report`: a translate run's _run.json as a readable summary, or two runs side by side."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-# (label, path into run.json) in the order a person reads them
+# (label, path into _run.json) in the order a person reads them
 FIELDS = [
     ("input", ("input",)),
     ("output", ("output",)),
-    ("complete", ("complete",)),
+    ("status", ("status",)),
     ("rows", ("rows",)),
     ("translated", ("translated",)),
     ("errors", ("errors",)),
@@ -35,18 +35,19 @@ FIELDS = [
 
 
 def load_run(output_dir: str | Path) -> dict:
-    """run.json of a translate output folder, local or at any URI pyarrow reads (s3://, gs://)."""
+    """_run.json of a translate output folder (run.json before 2026-12), local or at any URI pyarrow reads."""
     import pyarrow.fs as pafs
 
-    from s2s.translate import filesystem
+    from s2s.output import RUN_FILE, filesystem
 
     spec = str(output_dir)
     fs, base = filesystem(spec)
-    path = f"{base.rstrip('/')}/run.json"
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        raise FileNotFoundError(f"{spec.rstrip('/')}/run.json: no run.json; is {output_dir} the --output of a translate run?")
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read())
+    for name in (RUN_FILE, "run.json"):
+        path = f"{base.rstrip('/')}/{name}"
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            with fs.open_input_stream(path) as f:
+                return json.loads(f.read())
+    raise FileNotFoundError(f"{spec.rstrip('/')}/{RUN_FILE}: no {RUN_FILE}; is {output_dir} the --output of a translate run?")
 
 
 def _get(run: dict, keys: tuple[str, ...]) -> Any:
@@ -196,7 +197,7 @@ th {{ background: #f3f3f3; font-weight: 600; }}
 {f'<table><tr><th>id</th><th>error</th></tr>{error_rows}</table>' if errors else ''}
 <h2>Model training curves</h2>
 {f'<p><img alt="training curves" src="{curves}"></p>' if curves else '<p>The training run directory named in the model manifest is not here.</p>'}
-<h2>run.json</h2>
+<h2>_run.json</h2>
 <table>{''.join(figure_rows(run))}</table>
 </body></html>
 """

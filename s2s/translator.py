@@ -6,6 +6,7 @@ below for evaluation, `s2s.export.runtime.OrtEngine` for the translate job. Both
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -100,25 +101,63 @@ def attention_of(engine: Engine, src_ids: list[int], out_ids: list[int]) -> np.n
     return np.stack(rows)
 
 
+# Characters that show nothing: controls, format characters (zero-width space and joiners, the BOM, bidi
+# marks), separators and surrogates. A text made only of these has nothing to translate, and inside a
+# text they only turn into byte-fallback tokens the model never saw in training.
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
+
+
+def as_text(value: Any) -> tuple[str | None, str | None]:
+    """(text to translate, None), or (None, why the row cannot be translated).
+
+    Takes whatever a Parquet cell holds: str, bytes (a binary column, or a string column whose bytes are not
+    UTF-8, which the job reads as bytes so that one bad row cannot stop a whole shard), None or anything else.
+    Invisible characters are dropped, since SentencePiece would make byte tokens of them.
+    """
+    if value is None:
+        return None, "null text"
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, f"text is not valid UTF-8 (byte 0x{value[e.start]:02x} at offset {e.start}); fix the encoding of this row"
+    if not isinstance(value, str):
+        return None, f"text is {type(value).__name__}, not a string"
+    if not value.strip():
+        return None, "empty or whitespace-only text"
+    visible = " ".join("".join(" " if unicodedata.category(ch) in INVISIBLE_CATEGORIES else ch for ch in value).split())
+    if not visible:
+        return None, "no visible characters (only control, format or zero-width characters such as U+200B or a BOM)"
+    if any(unicodedata.category(ch) == "Cs" for ch in value):
+        return None, "text has unpaired surrogates, which are not Unicode text"
+    return visible, None
+
+
 def check_text(text: Any) -> str | None:
     """Why a row cannot be translated, or None if it can."""
-    if text is None:
-        return "null text"
-    if not isinstance(text, str):
-        return f"text is {type(text).__name__}, not a string"
-    if not text.strip():
-        return "empty or whitespace-only text"
-    return None
+    return as_text(text)[1]
 
 
 class Translator:
     def __init__(self, engine: Engine, src_sp: spm.SentencePieceProcessor, tgt_sp: spm.SentencePieceProcessor, config: DecodeConfig = DecodeConfig()):
         self.engine, self.src_sp, self.tgt_sp, self.config = engine, src_sp, tgt_sp, config
+        # the most characters one source piece covers ("\u2581" stands for the space before a word)
+        self.max_piece_chars = max(len(src_sp.id_to_piece(i)) for i in range(src_sp.get_piece_size()) if not src_sp.is_unknown(i)
+                                   and not src_sp.is_control(i) and not src_sp.is_byte(i))
 
     def encode_source(self, text: str) -> tuple[list[int] | None, int, str | None]:
-        """Source ids with EOS (None if refused), the text's token count, and why it was refused."""
-        ids = self.src_sp.encode(text.strip())
-        n, limit = len(ids), self.config.max_input_tokens
+        """Source ids with EOS (None if refused), the text's token count, and why it was refused.
+
+        A text longer than `max_input_tokens` pieces can cover is refused (or cut) before it is tokenized,
+        so a 5,000-word line costs no more than a normal one. The token count of such a text is not known: 0.
+        """
+        limit = self.config.max_input_tokens
+        max_chars = limit * self.max_piece_chars  # no text of more characters fits in `limit` pieces, once in NFKC
+        if len(text) > max_chars and not self.config.truncate_long_input and len(unicodedata.normalize("NFKC", text)) > max_chars:
+            return None, 0, (f"input has {len(text)} characters, more than max_input_tokens={limit} tokens can hold "
+                             f"(truncate or raise the limit)")
+        ids = self.src_sp.encode(text[: 2 * max_chars])  # enough for `limit` pieces: NFKC at most halves a text
+        n = len(ids)
         if n > limit:
             if not self.config.truncate_long_input:
                 return None, n, f"input has {n} tokens, over max_input_tokens={limit} (truncate or raise the limit)"
@@ -133,8 +172,8 @@ class Translator:
         """
         results: list[Translation | None] = [None] * len(texts)
         unique: dict[str, list[int]] = {}  # text -> row positions
-        for i, text in enumerate(texts):
-            err = check_text(text)
+        for i, value in enumerate(texts):
+            text, err = as_text(value)
             if err:
                 results[i] = Translation(None, None, 0, 0, error=err)
             else:

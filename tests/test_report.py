@@ -1,35 +1,35 @@
-"""run.json's quality signals and `s2s-job report`, on shards written by the job's own commit step."""
+"""_run.json's quality signals and `s2s-job report`, on shards written by the job's own commit step."""
 
 import json
 
 import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from s2s.cli import app
 from s2s.quality import has_repeated_ngram
-from s2s.translate import TranslateConfig, _summarize, _write_run_json, commit_shard
+from s2s.output import RUN_FILE, STATS_KEY
+from s2s.translate import TranslateConfig, _summarize, _verified_parts, commit_shard
 
 
 def _run_dir(tmp_path, name, translations, model="models/eng-fra"):
+    """A one-part output folder written by the job's own commit step and summary, from results given here."""
     out = tmp_path / name
     out.mkdir()
     n = len(translations)
-    table = pa.table({
-        "text": ["Hello there.", "I like cats.", "Same text", None][:n],
-        "refs": [["Bonjour.", "Salut."], ["J'aime les chats."], None, None][:n],
-        "row_id": [f"in#{i}" for i in range(n)],
-        "translation": translations,
-        "score": [None if t is None else -1.0 for t in translations],
-        "src_tokens": pa.array([3, 4, 2, 0][:n], pa.int32()),
-        "tgt_tokens": pa.array([0 if t is None else len(t.split()) for t in translations], pa.int32()),
-        "error": [None if t is not None else "null text" for t in translations],
-        "_unit": ["part-a-0.parquet"] * n, "_provider": ["CPUExecutionProvider"] * n,
-    })
-    stats = commit_shard(table, str(out), "text").to_pylist()
-    cfg = TranslateConfig(input="in.parquet", output=str(out), reference_column="refs", model=str(model))
-    summary = _summarize(cfg, stats, n_units=1, n_skipped=0, wall=2.0, manifest={"files": {"encoder.onnx": "x"}})
-    _write_run_json(cfg, summary)
+    source = tmp_path / f"{name}-in.parquet"
+    pq.write_table(pa.table({"text": ["Hello there.", "I like cats.", "Same text", None][:n],
+                             "refs": [["Bonjour.", "Salut."], ["J'aime les chats."], None, None][:n]}), source)
+    unit = {"path": str(source), "label": source.name, "start": 0, "stop": n, "name": "part-a-0.parquet"}
+    results = {"translation": translations, "score": [None if t is None else -1.0 for t in translations],
+               "src_tokens": [3, 4, 2, 0][:n], "tgt_tokens": [0 if t is None else len(t.split()) for t in translations],
+               "error": [None if t is not None else "null text" for t in translations], "provider": "CPUExecutionProvider"}
+    committed = commit_shard(pa.Table.from_pylist([{**unit, **results}]), str(out), None, "text", "fingerprint").to_pylist()
+    cfg = TranslateConfig(input=str(source), output=str(out), reference_column="refs", model=str(model))
+    summary = _summarize(cfg, [unit], {}, committed, wall=2.0, manifest={"files": {"encoder.onnx": "x"}})
+    (out / RUN_FILE).write_text(json.dumps(summary))
     return out, summary
 
 
@@ -55,8 +55,8 @@ def test_report_one_run_and_two_side_by_side(tmp_path):
     rows_line = next(line for line in two.output.splitlines() if line.startswith("rows"))
     assert rows_line.split()[1:] == ["4", "3", "-1", "(-25.0%)"]
     missing = runner.invoke(app, ["report", str(tmp_path / "none")])
-    assert missing.exit_code == 2 and "no run.json" in missing.output
-    assert json.loads((a / "run.json").read_text())["quality"]["bleu"] == 100.0
+    assert missing.exit_code == 2 and "no _run.json" in missing.output
+    assert json.loads((a / RUN_FILE).read_text())["quality"]["bleu"] == 100.0
 
 
 def test_html_page_is_self_contained_and_complete(tmp_path, tiny_model_dir):
@@ -102,20 +102,35 @@ def test_html_page_is_self_contained_and_complete(tmp_path, tiny_model_dir):
     assert "J'aime les chats." in text and "null text" in text  # a sample row and the error breakdown
 
 
-def test_counts_come_from_each_parts_footer_and_older_parts_are_read_back(tmp_path):
-    """run.json sums the counts commit_shard stores in each part's footer; a part committed before footers
-    had counts (no s2s_stats key) is read back row by row, to the same totals."""
-    import pyarrow.parquet as pq
-
-    from s2s.translate import STATS_KEY
-
+def test_counts_come_from_each_parts_footer_and_a_part_is_verified_before_it_counts(tmp_path):
+    """_run.json sums the counts commit_shard stores in each part's footer. On --resume a part counts only
+    if its footer names its planned unit, row count and the run's fingerprint: a part rewritten without
+    the footer, cut short, or written with other settings is moved to _rejected/ and redone."""
     out, summary = _run_dir(tmp_path, "a", ["Bonjour.", "J'aime les chats les chats les chats les chats.", "Same text", None])
     part = out / "part-a-0.parquet"
     stored = json.loads(pq.read_schema(part).metadata[STATS_KEY])
     assert stored["rows"] == 4 and stored["errors"] == 1 and stored["quality"]["copies"] == 1 and stored["quality"]["repeated"] == 1
-    pq.write_table(pq.read_table(part).replace_schema_metadata(None), part)  # as an older version wrote it
-    assert STATS_KEY not in (pq.read_schema(part).metadata or {})
+    assert stored["unit"]["start"] == 0 and stored["unit"]["stop"] == 4 and stored["fingerprint"] == "fingerprint"
+    unit = {"path": stored["unit"]["path"], "label": stored["unit"]["label"], "start": 0, "stop": 4, "name": part.name}
+    fs = pafs.LocalFileSystem()
+    assert set(_verified_parts(fs, str(out), [unit], "fingerprint")) == {part.name}
     cfg = TranslateConfig(input="in.parquet", output=str(out), reference_column="refs")
-    again = _summarize(cfg, [], n_units=1, n_skipped=1, wall=1.0, manifest={"files": {}})
-    for key in ("rows", "errors", "error_kinds", "src_tokens", "tgt_tokens", "quality"):
+    again = _summarize(cfg, [unit], _verified_parts(fs, str(out), [unit], "fingerprint"), [], wall=1.0, manifest={"files": {}})
+    for key in ("rows", "errors", "error_kinds", "src_tokens", "tgt_tokens", "quality", "status"):
         assert again[key] == summary[key], key
+    good = part.read_bytes()
+    for damage in ("other settings", "short", "no footer", "not parquet"):
+        part.write_bytes(good)
+        table = pq.read_table(part)
+        if damage == "short":
+            pq.write_table(table.slice(0, 3).replace_schema_metadata({STATS_KEY: json.dumps({**stored, "rows": 3}).encode()}), part)
+        elif damage == "no footer":
+            pq.write_table(table.replace_schema_metadata(None), part)
+        elif damage == "not parquet":
+            part.write_bytes(good[: len(good) // 2])
+        fingerprint = "another" if damage == "other settings" else "fingerprint"
+        assert _verified_parts(fs, str(out), [unit], fingerprint) == {}, damage
+        assert not part.exists() and (out / "_rejected" / part.name).exists(), damage
+        (out / "_rejected" / part.name).unlink()
+    incomplete = _summarize(cfg, [unit], {}, [], wall=1.0, manifest={"files": {}})
+    assert incomplete["status"] == "incomplete" and not incomplete["complete"] and incomplete["rows"] == 0
