@@ -335,7 +335,7 @@ def commit_shard(batch: pa.Table, output: str, id_column: str | None, text_colum
     done = []
     for unit in batch.to_pylist():
         planned = unit["stop"] - unit["start"]
-        rows = read_rows(unit)
+        rows, repaired = _valid_utf8(read_rows(unit))
         if not id_column:
             rows = rows.append_column("row_id", pa.array([f"{unit['label']}#{i}" for i in range(unit["start"], unit["stop"])]))
         names = RESULT_COLUMNS + (("nbest",) if "nbest" in batch.column_names else ())
@@ -344,13 +344,35 @@ def commit_shard(batch: pa.Table, output: str, id_column: str | None, text_colum
                                f"{planned} rows planned from {unit['path']} rows {unit['start']}..{unit['stop']}; not committed")
         for name in names:
             rows = rows.append_column(name, pa.array(unit[name], RESULT_TYPES[name]))
-        counts = shard_stats(rows, text_column)
+        counts = {**shard_stats(rows, text_column), "repaired_utf8_cells": repaired}
         stats = {"unit": {k: unit[k] for k in ("path", "label", "start", "stop")}, "fingerprint": fingerprint,
                  "provider": unit["provider"], **counts}
         rows = rows.replace_schema_metadata({**(rows.schema.metadata or {}), STATS_KEY: json.dumps(stats).encode()})
         write_durably(fs, f"{out}/{unit['name']}", lambda sink: pq.write_table(rows, sink, compression="zstd"))
         done.append({"name": unit["name"], "stats": json.dumps(stats)})
     return pa.Table.from_pylist(done)
+
+
+def _valid_utf8(rows: pa.Table) -> tuple[pa.Table, int]:
+    """The rows with every string cell made valid UTF-8 (U+FFFD for bad bytes), and how many cells that changed.
+
+    A string column holding bytes that are not UTF-8 is not valid Parquet: pandas and pyarrow's converters
+    fail on the whole file. Such a text row already carries an `error`; its text is kept, repaired, so that
+    the output reads anywhere, and the input still has the original bytes at its `row_id`.
+    """
+    repaired = 0
+    for i, name in enumerate(rows.column_names):
+        col = rows.column(i)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            continue
+        try:
+            col.validate(full=True)
+        except pa.ArrowInvalid:
+            raw = col.combine_chunks().view(pa.large_binary() if pa.types.is_large_string(col.type) else pa.binary()).to_pylist()
+            fixed = [None if b is None else b.decode("utf-8", "replace") for b in raw]
+            repaired += sum(b is not None and f.encode() != b for b, f in zip(raw, fixed))
+            rows = rows.set_column(i, name, pa.array(fixed, col.type))
+    return rows, repaired
 
 
 def shard_stats(rows: pa.Table, text_column: str) -> dict:
@@ -591,13 +613,14 @@ def _summarize(cfg: TranslateConfig, units: list[dict], done: dict[str, dict], n
     """Counts over every verified part (earlier attempts included); speed over this attempt's parts."""
     fresh = {r["name"]: json.loads(r["stats"]) for r in now}
     parts = {**done, **fresh}
-    rows = errors = src_tokens = tgt_tokens = 0
+    rows = errors = src_tokens = tgt_tokens = repaired = 0
     kinds: dict[str, int] = {}
     quality = QualityCounts()
     for counts in parts.values():
         rows, errors = rows + counts["rows"], errors + counts["errors"]
         src_tokens, tgt_tokens = src_tokens + counts["src_tokens"], tgt_tokens + counts["tgt_tokens"]
         quality.add_counts(counts["quality"])
+        repaired += counts.get("repaired_utf8_cells", 0)
         for k, v in counts["error_kinds"].items():
             kinds[k] = kinds.get(k, 0) + v
     if cfg.reference_column:  # corpus BLEU needs the texts themselves
@@ -619,7 +642,7 @@ def _summarize(cfg: TranslateConfig, units: list[dict], done: dict[str, dict], n
         "shards_total": len(units), "shards_committed": len(parts), "shards_done_before": len(done), "shards_done_now": len(fresh),
         "rows_total": sum(u["stop"] - u["start"] for u in units),
         "rows": rows, "translated": rows - errors, "errors": errors, "error_kinds": kinds,
-        "src_tokens": src_tokens, "tgt_tokens": tgt_tokens,
+        "src_tokens": src_tokens, "tgt_tokens": tgt_tokens, "repaired_utf8_cells": repaired,
         "rows_this_run": rows_now, "wall_seconds": round(wall, 2),
         "sentences_per_s": round(rows_now / wall, 2) if wall else 0.0, "tokens_per_s": round(tokens_now / wall, 2) if wall else 0.0,
         "providers": sorted({s["provider"] for s in fresh.values()}), "decode": dataclasses.asdict(cfg.decode),

@@ -64,3 +64,13 @@ def corpus_300(tiny_run, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("in") / "corpus.parquet"
     pq.write_table(pa.table({"text": texts, "keep": list(range(300))}), path, row_group_size=64)
     return path
+
+
+@pytest.fixture(scope="module")
+def ray_2cpus():
+    """Ray in this process with 2 CPUs, for the tests that run the translate job in-process."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()

@@ -1,8 +1,9 @@
-"""The translate job end to end on local Ray with 2 CPUs: order, ids, bad rows, resume, a dead actor."""
+"""The translate job in-process on local Ray with 2 CPUs: order, ids, bad rows, resume, wide rows, partitions, readers."""
 
 import json
 import os
 import signal
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,15 +19,6 @@ FAST = DecodeConfig(max_decoding_length=30)  # the tiny model rarely says EOS: k
 def _output(path):
     parts = sorted(p for p in os.listdir(path) if p.startswith("part-"))
     return pa.concat_tables([pq.read_table(path / p) for p in parts]), parts
-
-
-@pytest.fixture(scope="module")
-def ray_2cpus():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def test_translate_end_to_end(tiny_model_dir, corpus_300, tmp_path, ray_2cpus):
@@ -129,3 +121,68 @@ def test_gpu_actor_pool_counts_gpus():
 
     cfg = TranslateConfig(input="x", output="y", gpus_per_actor=0.5)
     assert size_actor_pool(cfg, [8.0, 8.0], [1.0, 1.0]) == (4, 1.0, 1)
+
+
+def _partition(texts, docs, path):
+    """A Parquet file whose text column holds exactly these bytes (some not UTF-8), with a wide doc column."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    column = pa.array([t.encode() if isinstance(t, str) else t for t in texts], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"text": column, "doc": docs}), path)
+
+
+def test_wide_rows_partitions_and_bad_bytes_every_row_once(tiny_model_dir, tiny_run, tmp_path, ray_2cpus):
+    """Three inputs that lost or duplicated rows before: pass-through columns wide enough that Ray Data cuts a
+    map output into several blocks (its cap lowered to 1 MB, so a 100-row unit of 20 kB documents is 2 MB),
+    two Hive partitions whose files share a base name, and rows of bytes that are not UTF-8 or text with
+    nothing visible in it. Every row comes back once, with its document intact; the folder reads as a
+    dataset with pandas, pyarrow and Ray Data, which skip the job's metadata and leftovers."""
+    import pandas as pd
+    import pyarrow.dataset as pads
+    import ray
+
+    good = [t for split in ("valid", "test") for t in pq.read_table(tiny_run / "data" / f"{split}.parquet").column("src").to_pylist()]
+    good = (good * 2)[:150]
+    bad = {3: b"caf\xe9 cr\xe8me", 4: "\u200b\u200b", 5: "\ufeff", 6: "\x00\x07\x1b", 7: "\u202e\u2066 \u200d"}
+    texts = [bad.get(i, good[i]) for i in range(150)]
+    texts[8] = "\ufeff" + good[8] + "\u200b"  # invisible characters around a real sentence are dropped
+    src = tmp_path / "in"
+    for part in ("a", "b"):
+        _partition(texts, [f"{part}{i}:" + "d" * 20_000 for i in range(150)], src / f"part={part}" / "data-0.parquet")
+    ctx = ray.data.DataContext.get_current()
+    cap, ctx.target_max_block_size = ctx.target_max_block_size, 1 << 20
+    try:
+        summary = run_translate(TranslateConfig(input=str(src), output=str(tmp_path / "out"), model=str(tiny_model_dir),
+                                                decode=FAST, rows_per_shard=100, max_error_rate=0.2))
+    finally:
+        ctx.target_max_block_size = cap
+    out = tmp_path / "out"
+    rows, parts = _output(out)
+    rows = sorted(rows.to_pylist(), key=lambda r: (r["row_id"].split("#")[0], int(r["row_id"].split("#")[1])))
+    assert len(parts) == 4 and len(rows) == 300 and summary["status"] == "complete"
+    ids = [r["row_id"] for r in rows]
+    assert ids == [f"part={p}/data-0.parquet#{i}" for p in "ab" for i in range(150)]  # each once: unique across files
+    assert [r["doc"] for r in rows] == [f"{p}{i}:" + "d" * 20_000 for p in "ab" for i in range(150)]
+    errors = {r["row_id"].split("#")[1]: r["error"] for r in rows if r["error"]}
+    assert set(errors) == {"3", "4", "5", "6", "7"} and summary["errors"] == 10
+    assert errors["3"].startswith("text is not valid UTF-8 (byte 0xe9 at offset 3)")
+    assert all(errors[k].startswith("no visible characters") for k in "4567")
+    direct = load_translator(tiny_model_dir, FAST, device="cpu").translate([good[8]])[0]
+    assert rows[8]["translation"] == direct.translation and rows[8]["src_tokens"] == direct.src_tokens
+    assert summary["error_kinds"] == {"text is not valid UTF-8": 2, "no visible characters": 8}
+    assert rows[3]["text"] == "caf\ufffd cr\ufffdme" and summary["repaired_utf8_cells"] == 2  # the output is valid Parquet
+
+    # readers other tools use take the folder as it is, and skip an uncommitted part and the job's metadata
+    leftover = out / "_tmp-0123-part-x.parquet.tmp"
+    pq.write_table(pa.table({"row_id": ["ghost"]}), leftover)
+    assert {"_job.json", "_run.json", "_SUCCESS", "_attempts"} <= set(os.listdir(out))
+    assert len(pd.read_parquet(out)) == 300
+    assert pads.dataset(out, format="parquet").to_table().num_rows == 300
+    assert pq.read_table(out).num_rows == 300
+    assert ray.data.read_parquet(str(out)).count() == 300
+
+    # an input changed since the run started is refused by --resume, naming the file
+    time.sleep(0.01)
+    _partition(texts, [f"b{i}:" for i in range(150)], src / "part=b" / "data-0.parquet")
+    with pytest.raises(JobError, match=r"part=b/data-0.parquet changed since the run started \(size"):
+        run_translate(TranslateConfig(input=str(src), output=str(out), model=str(tiny_model_dir), decode=FAST, rows_per_shard=100,
+                                      resume=True))
