@@ -159,10 +159,10 @@ def timed_process(cmd: list[str]) -> dict:
 
 
 def run_translate_cli(input_path: Path, output: Path, model: Path, extra: list[str]) -> dict:
-    """`s2s-job translate` in a subprocess; its run.json plus wall time and peak RSS of its process tree."""
+    """`s2s-job translate` in a subprocess; its _run.json plus wall time and peak RSS of its process tree."""
     cmd = [S2S_JOB, "translate", str(input_path), "--text-column", "src", "--output", str(output), "--model", str(model),
            "--rows-per-shard", str(ROWS_PER_SHARD), "--overwrite", *extra]
-    return {**timed_process(cmd), **json.loads((output / "run.json").read_text())}
+    return {**timed_process(cmd), **json.loads((output / "_run.json").read_text())}
 
 
 def repeated_parquet(texts: list[str], n: int, path: Path) -> Path:
@@ -285,7 +285,7 @@ def record_pipeline(n: int, beam: int, cli: dict, bare: dict, passes: int = 1) -
     fixed = cli["process_wall_s"] - cli["phase_seconds"]["translate_s"]
     record("pipeline", f"  translate's seconds outside Ray Data's execution (start, Ray start/stop, summary), {n:,} rows", fixed,
            cli["process_wall_s"], "s")
-    for phase, seconds in cli["phase_seconds"].items():  # run.json's split of them
+    for phase, seconds in cli["phase_seconds"].items():  # _run.json's split of them
         if phase != "translate_s":
             record("pipeline", f"    of which {phase.removesuffix('_s').replace('_', ' ')}", seconds, None, "s")
     record("pipeline", "    of which the rest (interpreter, imports, summary, exit)", cli["process_wall_s"] - sum(cli["phase_seconds"].values()),

@@ -157,9 +157,12 @@ def test_dynamo_exporter_also_passes_the_gate(tiny_run, tmp_path):
 def test_long_input_is_refused_or_truncated_as_asked(model_dir):
     long_text = " ".join(["cat"] * 40)
     refuse = load_translator(model_dir, DecodeConfig(max_input_tokens=5, max_decoding_length=10), variant="fp32", device="cpu")
-    out = refuse.translate([long_text, "Hi."])
-    assert out[0].translation is None and "over max_input_tokens=5" in out[0].error and out[0].src_tokens > 5
+    over = " ".join(["cat"] * 6)  # short enough to tokenize, too many tokens
+    out = refuse.translate([long_text, "Hi.", over])
+    assert out[0].translation is None and out[0].error.startswith(f"input has {len(long_text)} characters, more than "
+                                                                  "max_input_tokens=5 tokens can hold")  # refused on its length
     assert out[1].error is None
+    assert out[2].translation is None and "over max_input_tokens=5" in out[2].error and out[2].src_tokens > 5
     cut = load_translator(model_dir, DecodeConfig(max_input_tokens=5, truncate_long_input=True, max_decoding_length=10),
                           variant="fp32", device="cpu")
     t = cut.translate([long_text])[0]
