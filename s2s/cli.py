@@ -228,7 +228,7 @@ def attention(
 
 @app.command()
 def report(
-    output_dirs: Annotated[list[Path], typer.Argument(help="One translate --output folder, or two to compare.")],
+    output_dirs: Annotated[list[str], typer.Argument(help="One translate --output folder, or two to compare; local or s3://, gs://.")],
     html: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML page for the (first) run here.")] = None,
 ) -> None:
     """Print a translate run's _run.json, or compare two runs side by side; --html writes a page."""
@@ -248,7 +248,7 @@ def report(
     if len(runs) == 1:
         typer.echo(format_report(runs[0]))
     else:
-        typer.echo(format_comparison(runs[0], runs[1], (output_dirs[0].name, output_dirs[1].name)))
+        typer.echo(format_comparison(runs[0], runs[1], tuple(d.rstrip("/").rsplit("/", 1)[-1] for d in output_dirs)))
 
 
 def main() -> None:  # pragma: no cover

@@ -145,14 +145,17 @@ def _training_curves(run: dict) -> str | None:
 
 def write_html(output_dir: str | Path, out: str | Path, samples: int = 50) -> Path:
     """One self-contained HTML page for a translate run: figures, errors, histograms, worst rows, curves."""
-    import glob
     from html import escape
 
+    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
+    from s2s.output import filesystem
+
     run = load_run(output_dir)
-    parts = sorted(glob.glob(str(Path(output_dir) / "part-*.parquet")))
-    table = pq.read_table(parts) if parts else None
+    fs, base = filesystem(str(output_dir))
+    parts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(base)) if i.base_name.startswith("part-"))
+    table = pq.read_table(parts, filesystem=fs) if parts else None
     rows = table.to_pylist() if table is not None else []
     text_col = next((c for c in ("text", "src", "source") if table is not None and c in table.column_names), None)
     id_col = "row_id" if table is not None and "row_id" in table.column_names else None

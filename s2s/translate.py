@@ -123,8 +123,10 @@ def list_inputs(spec: str) -> tuple[pafs.FileSystem, list[dict]]:
                      and not any(part.startswith(("_", ".")) for part in i.path[len(root) + 1:].split("/"))]
     if not found:
         raise JobError(f"{spec}: no Parquet files found there.")
-    return fs, [{"path": i.path, "label": i.path[len(root) + 1:], "size": i.size, "mtime_ns": i.mtime_ns}
-                for i in sorted(found, key=lambda i: i.path)]
+    # a URI keeps its scheme and query (?endpoint_override=...): the read and commit tasks open it with `filesystem`
+    scheme, query = (spec.split("://", 1)[0] + "://", spec.partition("?")[2]) if "://" in spec else ("", "")
+    return fs, [{"path": scheme + i.path + (f"?{query}" if query else ""), "label": i.path[len(root) + 1:], "size": i.size,
+                 "mtime_ns": i.mtime_ns} for i in sorted(found, key=lambda i: i.path)]
 
 
 def plan_units(fs: pafs.FileSystem, files: list[dict], cfg: TranslateConfig) -> list[dict]:
@@ -132,7 +134,7 @@ def plan_units(fs: pafs.FileSystem, files: list[dict], cfg: TranslateConfig) -> 
     units = []
     for f in files:
         try:
-            with fs.open_input_file(f["path"]) as handle:
+            with fs.open_input_file(filesystem(f["path"])[1]) as handle:
                 meta = pq.ParquetFile(handle)
                 names, n_rows = meta.schema_arrow.names, meta.metadata.num_rows
         except (pa.ArrowInvalid, OSError) as e:
