@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +60,47 @@ class ModelDir:
         return self.path / name
 
 
+def fetch_model_dir(uri: str) -> Path:
+    """A model directory on object storage (s3://, gs://), copied once per machine into the model cache
+    ($S2S_MODEL_CACHE, by default ~/.cache/s2s-job/models).
+
+    The copy is keyed by the SHA-256 of the remote manifest, so a re-exported model is fetched again and
+    an unchanged one never is; it is assembled under a temporary name and renamed, so processes fetching
+    at the same time (the actors of one node) never see half a copy. `load_model_dir` verifies it as any other.
+    """
+    import pyarrow.fs as pafs
+
+    fs, base = pafs.FileSystem.from_uri(uri.rstrip("/"))
+    try:
+        with fs.open_input_stream(f"{base}/{MANIFEST}") as f:
+            raw = f.read()
+    except (FileNotFoundError, OSError) as e:
+        raise ModelDirError(f"{uri.rstrip('/')}/{MANIFEST}: cannot be read ({e}); {uri} is not an exported model directory.") from e
+    cache = Path(os.environ.get("S2S_MODEL_CACHE") or Path.home() / ".cache" / "s2s-job" / "models")
+    target = cache / hashlib.sha256(raw).hexdigest()[:24]
+    if (target / MANIFEST).is_file():
+        return target
+    try:
+        names = list(json.loads(raw)["files"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ModelDirError(f"{uri.rstrip('/')}/{MANIFEST}: not an s2s-job manifest ({e}).") from e
+    tmp = cache / f".{target.name}-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        pafs.copy_files(f"{base}/{name}", str(tmp / name), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    (tmp / MANIFEST).write_bytes(raw)  # last: a copy with a manifest is whole
+    try:
+        tmp.rename(target)
+    except OSError:  # another process on this machine finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def load_model_dir(path: str | Path, verify: bool = True) -> ModelDir:
-    """Read manifest.json and check every file's SHA-256; raise ModelDirError naming what is wrong."""
-    path = Path(path)
+    """Read manifest.json and check every file's SHA-256; raise ModelDirError naming what is wrong.
+
+    `path` may be a URI (s3://, gs://): the directory is then fetched into a local cache first."""
+    path = fetch_model_dir(path) if "://" in str(path) else Path(path)
     hint = "Export one with `s2s-job export RUN_DIR --out MODEL_DIR`."
     if not path.is_dir():
         raise ModelDirError(f"{path}: no such model directory. {hint}")

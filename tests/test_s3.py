@@ -75,3 +75,19 @@ def test_translate_s3_in_s3_out_then_resume_and_report(s3_env, tiny_model_dir, c
     report = _cli(s3_env, "report", "s3://bkt/out/", "--html", str(tmp_path / "page.html"))
     assert report.returncode == 0, report.stdout + report.stderr
     assert "complete" in report.stdout and "300" in report.stdout and (tmp_path / "page.html").stat().st_size > 5000
+
+
+def test_translate_with_a_model_directory_on_s3(s3_env, tiny_model_dir, corpus_300, tmp_path):
+    """--model s3://...: fetched once per machine into the model cache, keyed by its manifest, then verified."""
+    s3 = _s3(s3_env)
+    s3.create_dir("models")
+    pafs.copy_files(str(tiny_model_dir), "models/tiny", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3)
+    env = {**s3_env, "S2S_MODEL_CACHE": str(tmp_path / "cache")}
+    done = _cli(env, "translate", str(corpus_300), "--output", str(tmp_path / "out"), "--model", "s3://models/tiny",
+                "--rows-per-shard", "150", "--max-decoding-length", "30", "--beam-size", "1")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert pq.read_table(tmp_path / "out").num_rows == 300
+    cached = list((tmp_path / "cache").iterdir())
+    assert len(cached) == 1 and (cached[0] / "manifest.json").read_bytes() == (tiny_model_dir / "manifest.json").read_bytes()
+    missing = _cli(env, "translate", str(corpus_300), "--output", str(tmp_path / "out2"), "--model", "s3://models/none")
+    assert missing.returncode == 2 and "s3://models/none/manifest.json: cannot be read" in missing.stderr
