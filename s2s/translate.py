@@ -249,8 +249,10 @@ class TranslateBatch:
         from s2s.export.runtime import load_translator
 
         logging.basicConfig(level=logging.INFO)
+        import ray
+
         self.translator = load_translator(model, decode, variant, device, threads)
-        self.output, self.nbest = output, decode.nbest
+        self.output, self.nbest, self.node = output, decode.nbest, ray.get_runtime_context().get_node_id()
         print(f"translate actor pid {os.getpid()}: onnxruntime provider {self.translator.engine.provider}, "
               f"variant {self.translator.engine.variant}{' with the vocabulary map' if self.translator.engine.use_vmap else ''}, "
               f"{threads} thread(s)", flush=True)
@@ -261,7 +263,7 @@ class TranslateBatch:
             results = self._translate_unit(unit["name"], unit.pop("texts"))
             rows.append({**unit, "translation": [r.translation for r in results], "score": [r.score for r in results],
                          "src_tokens": [r.src_tokens for r in results], "tgt_tokens": [r.tgt_tokens for r in results],
-                         "error": [r.error for r in results], "provider": self.translator.engine.provider,
+                         "error": [r.error for r in results], "provider": self.translator.engine.provider, "node": self.node,
                          **({"nbest": [[{"translation": t, "score": s} for t, s in r.nbest] for r in results]} if self.nbest > 1 else {})})
         return pa.Table.from_pylist(rows)
 
@@ -348,7 +350,7 @@ def commit_shard(batch: pa.Table, output: str, id_column: str | None, text_colum
             rows = rows.append_column(name, pa.array(unit[name], RESULT_TYPES[name]))
         counts = {**shard_stats(rows, text_column), "repaired_utf8_cells": repaired}
         stats = {"unit": {k: unit[k] for k in ("path", "label", "start", "stop")}, "fingerprint": fingerprint,
-                 "provider": unit["provider"], **counts}
+                 "provider": unit["provider"], "node": unit["node"], **counts}
         rows = rows.replace_schema_metadata({**(rows.schema.metadata or {}), STATS_KEY: json.dumps(stats).encode()})
         write_durably(fs, f"{out}/{unit['name']}", lambda sink: pq.write_table(rows, sink, compression="zstd"))
         done.append({"name": unit["name"], "stats": json.dumps(stats)})
@@ -647,7 +649,7 @@ def _summarize(cfg: TranslateConfig, units: list[dict], done: dict[str, dict], n
         "src_tokens": src_tokens, "tgt_tokens": tgt_tokens, "repaired_utf8_cells": repaired,
         "rows_this_run": rows_now, "wall_seconds": round(wall, 2),
         "sentences_per_s": round(rows_now / wall, 2) if wall else 0.0, "tokens_per_s": round(tokens_now / wall, 2) if wall else 0.0,
-        "providers": sorted({s["provider"] for s in fresh.values()}), "decode": dataclasses.asdict(cfg.decode),
+        "providers": sorted({s["provider"] for s in fresh.values()}), "nodes": sorted({s["node"] for s in fresh.values()}), "decode": dataclasses.asdict(cfg.decode),
         "quality": quality.signals(),
         "model_manifest": {k: manifest.get(k) for k in ("created", "exporter", "opset", "default_cpu_variant", "vocab_sizes", "limits")},
         "versions": library_versions(),

@@ -25,7 +25,8 @@ def _run_dir(tmp_path, name, translations, model="models/eng-fra"):
     unit = {"path": str(source), "label": source.name, "start": 0, "stop": n, "name": "part-a-0.parquet"}
     results = {"translation": translations, "score": [None if t is None else -1.0 for t in translations],
                "src_tokens": [3, 4, 2, 0][:n], "tgt_tokens": [0 if t is None else len(t.split()) for t in translations],
-               "error": [None if t is not None else "null text" for t in translations], "provider": "CPUExecutionProvider"}
+               "error": [None if t is not None else "null text" for t in translations], "provider": "CPUExecutionProvider",
+               "node": "n1"}
     committed = commit_shard(pa.Table.from_pylist([{**unit, **results}]), str(out), None, "text", "fingerprint").to_pylist()
     cfg = TranslateConfig(input=str(source), output=str(out), reference_column="refs", model=str(model))
     summary = _summarize(cfg, [unit], {}, committed, wall=2.0, manifest={"files": {"encoder.onnx": "x"}})

@@ -1,0 +1,52 @@
+"""The translate job on a Ray cluster of three nodes (ray.cluster_utils.Cluster on loopback), everything on S3.
+
+Input, output and model live on moto's S3 server, so no task or actor can lean on a file that exists on one
+node only; the actors spread over the nodes, each node keeping its I/O reserve.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+
+@pytest.fixture
+def three_nodes(s3_env):
+    from ray.cluster_utils import Cluster
+
+    saved = {k: os.environ.get(k) for k in s3_env}
+    os.environ.update(s3_env)  # the nodes' raylets, and so every worker, get the S3 settings the standard way
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()  # kills this cluster's own processes by pid
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def test_translate_spreads_over_three_nodes_with_everything_on_s3(three_nodes, s3_env, tiny_model_dir, corpus_300):
+    s3 = pafs.S3FileSystem(endpoint_override=s3_env["AWS_ENDPOINT_URL"], access_key="testing", secret_key="testing",
+                           region="us-east-1", allow_bucket_creation=True)
+    s3.create_dir("nodes")
+    with s3.open_output_stream("nodes/in/corpus.parquet") as f:
+        pq.write_table(pq.read_table(corpus_300), f)
+    pafs.copy_files(str(tiny_model_dir), "nodes/model", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3)
+    env = {**os.environ, **s3_env, "RAY_ADDRESS": three_nodes}
+    done = subprocess.run([sys.executable, "-m", "s2s.cli", "translate", "s3://nodes/in/", "--output", "s3://nodes/out/",
+                           "--model", "s3://nodes/model", "--rows-per-shard", "25", "--max-decoding-length", "30", "--beam-size", "1"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "3 CPUs on 3 node(s); 3 translate actor(s) x 0.5 CPU" in done.stdout  # one per node, half a CPU kept for I/O
+    with s3.open_input_stream("nodes/out/_run.json") as f:
+        run = json.loads(f.read())
+    assert run["status"] == "complete" and run["rows"] == 300 and len(run["nodes"]) >= 2, run["nodes"]
+    out = pq.read_table("nodes/out", filesystem=s3)
+    assert sorted(out.column("keep").to_pylist()) == list(range(300))
