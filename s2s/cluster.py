@@ -48,3 +48,24 @@ def init_ray(dashboard: bool) -> str:
     ray.init(logging_level=logging.WARNING, include_dashboard=dashboard,
              _system_config={"num_workers_soft_limit": LOCAL_WORKERS_SOFT_LIMIT})
     return "local cluster"
+
+
+def node_shapes() -> tuple[list[dict], list[dict]]:
+    """The resources of each alive node, and of each node the autoscaler may still add (`max_count` copies).
+
+    The second list comes from the cluster config Ray's autoscaler publishes in the GCS; Ray Train and Ray
+    Data read it the same way (`ray._private.state.state.get_cluster_config()`, private in Ray 2.60). It is
+    empty on a local cluster, or where the autoscaler publishes none: then only alive nodes count.
+    """
+    import ray
+
+    alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    try:
+        config = ray._private.state.state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API: without it, plan for the nodes that exist
+        config = None
+    addable = []
+    for group in config.node_group_configs if config else []:
+        resources = dict(group.resources)
+        addable += [resources] * max(0, group.max_count)
+    return alive, addable

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from s2s.cluster import init_ray
+from s2s.cluster import init_ray, node_shapes
 from s2s.data import BUNDLED_DATA, DataError, load_pairs, pad_batch, split_pairs, token_batches
 from s2s.evaluate import corpus_scores
 from s2s.model import ModelConfig, Seq2Seq, sequence_loss, shift_target
@@ -379,20 +379,31 @@ def train_loop_per_worker(config: dict) -> None:
     fit(config["cfg"], ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(), report=ray.train.report)
 
 
+def worker_cpus(cfg: TrainConfig, node_cpus: list[float], use_gpu: bool) -> tuple[float, int]:
+    """(CPUs each worker reserves, its torch threads): the threads follow the reservation, never the cluster.
+
+    The workers share `cfg.cpus` (default: every CPU of the cluster, nodes the autoscaler may add included),
+    a worker never reserving more than the largest node has, so that Ray can place it; a worker thread
+    count is what its reservation holds, so that workers placed side by side never oversubscribe a node.
+    """
+    if use_gpu:
+        return 1.0, 1
+    cpus = cfg.cpus or sum(node_cpus) or 1.0
+    per_worker = min(cpus / cfg.workers, max(node_cpus, default=1.0))
+    return per_worker, max(1, int(per_worker + 1e-9))
+
+
 def train(cfg: TrainConfig) -> dict:
     """Prepare the run directory, then train on Ray Train (local Ray, or the cluster at RAY_ADDRESS)."""
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     model_cfg = prepare(cfg, (cfg.model.src_vocab_size, cfg.model.tgt_vocab_size))
     run = Path(cfg.run_dir).resolve()
     init_ray(dashboard=True)  # Ray Train polls the state API, which the dashboard process serves
-    resources = ray.cluster_resources()
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else resources.get("GPU", 0) > 0
-    cpus = cfg.cpus or resources.get("CPU", 1)
-    per_worker = min(1.0, cpus / cfg.workers) if not use_gpu else 1.0
-    threads = max(1, int(cpus // cfg.workers))
+    alive, addable = node_shapes()
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else any(n.get("GPU", 0) > 0 for n in alive + addable)
+    per_worker, threads = worker_cpus(cfg, [n.get("CPU", 0.0) for n in alive + addable], use_gpu)
     print(f"training {model_cfg} on {cfg.workers} worker(s), {'GPU/nccl' if use_gpu else 'CPU/gloo'}, "
           f"{per_worker:g} CPU and {threads} thread(s) each; run dir {run}", flush=True)
     trainer = TorchTrainer(

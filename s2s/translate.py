@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from s2s.cluster import init_ray
+from s2s.cluster import init_ray, node_shapes
 from s2s.export.runtime import choose_providers, library_versions
 from s2s.output import (ATTEMPTS_DIR, JOB_FILE, LEASE_FILE, RUN_FILE, STATS_KEY, SUCCESS_FILE, TMP_PREFIX, Lease, LeaseHeld,
                         delete_if_present, filesystem, read_json, write_durably, write_json)
@@ -574,10 +574,15 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], fingerprint: str, 
 
     started = init_ray(dashboard=False)  # Ray Data needs no state API; the dashboard costs CPU the actors could use
     phases["ray_start_s"] = time.time() - t0 - phases["prepare_s"]
-    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    actors, cpus_per_actor, threads = size_actor_pool(cfg, [n.get("CPU", 0.0) for n in nodes], [n.get("GPU", 0.0) for n in nodes])
+    nodes, addable = node_shapes()
+    shape = lambda ns: ([n.get("CPU", 0.0) for n in ns], [n.get("GPU", 0.0) for n in ns])  # noqa: E731
+    actors, cpus_per_actor, threads = size_actor_pool(cfg, *shape(nodes))
     actors = min(actors, len(todo))
-    print(f"Ray: {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs on {len(nodes)} node(s); {actors} translate actor(s) x "
+    # on an autoscaling cluster the pool may grow onto the nodes the autoscaler can add, and shrinks back
+    most = min(size_actor_pool(cfg, *shape(nodes + addable))[0], len(todo)) if addable and not cfg.actors else actors
+    pool = ray.data.ActorPoolStrategy(size=actors) if most <= actors else ray.data.ActorPoolStrategy(min_size=actors, max_size=most)
+    print(f"Ray: {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs on {len(nodes)} node(s); {actors} translate actor(s)"
+          f"{f' (up to {most} as the cluster scales)' if most > actors else ''} x "
           f"{cpus_per_actor:.3g} CPU{f' + {cfg.gpus_per_actor:g} GPU' if cfg.gpus_per_actor else ''}, "
           f"{threads} onnxruntime thread(s) each", flush=True)
     uri = lambda p: p if "://" in p else str(Path(p).resolve())  # noqa: E731 - the workers may run elsewhere
@@ -585,7 +590,7 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], fingerprint: str, 
     ds = ds.map_batches(read_texts, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
                         fn_kwargs={"text_column": cfg.text_column})
     # A dead actor is replaced and its unit retried: Ray Data's default for actor pools (tests/test_translate_faults.py).
-    ds = ds.map_batches(TranslateBatch, batch_size=None, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+    ds = ds.map_batches(TranslateBatch, batch_size=None, batch_format="pyarrow", compute=pool,
                         num_cpus=cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
                         fn_constructor_kwargs={"model": uri(cfg.model), "output": uri(cfg.output), "decode": cfg.decode,
                                                "variant": cfg.variant, "device": cfg.device, "threads": threads})

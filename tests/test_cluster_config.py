@@ -38,3 +38,17 @@ def test_the_validator_would_catch_a_broken_config():
     del missing["provider"]
     with pytest.raises(Exception):
         _validate(missing)
+
+
+@pytest.mark.parametrize("workers,cpus,nodes,use_gpu,expected", [
+    (2, 0, [2.0], False, (1.0, 1)),  # this dev machine: two 1-thread workers
+    (4, 0, [2.0], False, (0.5, 1)),  # more workers than cores: a fraction of a CPU, one thread
+    (16, 0, [16.0] * 4, False, (4.0, 4)),  # a 64-CPU cluster: 4 threads in 4 reserved CPUs (was 4 threads in 1 CPU)
+    (1, 0, [16.0, 16.0], False, (16.0, 16)),  # never more than the largest node holds, or Ray cannot place it
+    (2, 6, [16.0], False, (3.0, 3)),  # --cpus bounds what the workers share
+    (2, 0, [8.0], True, (1.0, 1)),
+])
+def test_train_threads_follow_each_workers_reservation(workers, cpus, nodes, use_gpu, expected):
+    from s2s.train import TrainConfig, worker_cpus
+
+    assert worker_cpus(TrainConfig(workers=workers, cpus=cpus), nodes, use_gpu) == expected
