@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from s2s.cluster import init_ray, node_shapes
+from s2s.cluster import init_ray
 from s2s.export.runtime import choose_providers, library_versions
 from s2s.output import (ATTEMPTS_DIR, JOB_FILE, LEASE_FILE, RUN_FILE, STATS_KEY, SUCCESS_FILE, TMP_PREFIX, Lease, LeaseHeld,
                         delete_if_present, filesystem, read_json, write_durably, write_json)
@@ -574,12 +574,13 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], fingerprint: str, 
 
     started = init_ray(dashboard=False)  # Ray Data needs no state API; the dashboard costs CPU the actors could use
     phases["ray_start_s"] = time.time() - t0 - phases["prepare_s"]
-    nodes, addable = node_shapes()
-    shape = lambda ns: ([n.get("CPU", 0.0) for n in ns], [n.get("GPU", 0.0) for n in ns])  # noqa: E731
-    actors, cpus_per_actor, threads = size_actor_pool(cfg, *shape(nodes))
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    actors, cpus_per_actor, threads = size_actor_pool(cfg, [n.get("CPU", 0.0) for n in nodes], [n.get("GPU", 0.0) for n in nodes])
     actors = min(actors, len(todo))
-    # on an autoscaling cluster the pool may grow onto the nodes the autoscaler can add, and shrinks back
-    most = min(size_actor_pool(cfg, *shape(nodes + addable))[0], len(todo)) if addable and not cfg.actors else actors
+    # On a cluster the pool grows while units queue, as far as there are units: each actor Ray cannot place yet
+    # is demand the cluster's autoscaler answers with a node, and idle actors go, so idle nodes can go too.
+    # A local run keeps the measured fixed pool: there is no node to add.
+    most = len(todo) if started != "local cluster" and not cfg.actors else actors
     pool = ray.data.ActorPoolStrategy(size=actors) if most <= actors else ray.data.ActorPoolStrategy(min_size=actors, max_size=most)
     print(f"Ray: {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs on {len(nodes)} node(s); {actors} translate actor(s)"
           f"{f' (up to {most} as the cluster scales)' if most > actors else ''} x "
