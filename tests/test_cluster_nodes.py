@@ -44,7 +44,7 @@ def test_translate_spreads_over_three_nodes_with_everything_on_s3(three_nodes, s
                            "--model", "s3://nodes/model", "--rows-per-shard", "25", "--max-decoding-length", "30", "--beam-size", "1"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "3 CPUs on 3 node(s); 3 translate actor(s) x 0.5 CPU" in done.stdout  # one per node, half a CPU kept for I/O
+    assert "3 CPUs on 3 node(s); 3 translate actor(s) (up to 12 as the cluster scales) x 0.5 CPU" in done.stdout  # one per node to start
     with s3.open_input_stream("nodes/out/_run.json") as f:
         run = json.loads(f.read())
     assert run["status"] == "complete" and run["rows"] == 300 and len(run["nodes"]) >= 2, run["nodes"]

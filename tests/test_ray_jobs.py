@@ -91,8 +91,8 @@ def test_translate_submitted_as_a_ray_job_then_rerun_is_a_no_op(ray_head, tiny_m
     assert "succeeded" in first.stdout + first.stderr
     table = _parts(out)
     assert table.num_rows == 300 and sorted(table.column("keep").to_pylist()) == list(range(300))
-    run = json.loads((out / "run.json").read_text())
-    assert run["rows"] == 300 and run["complete"] and run["errors"] == 3  # the null, blank and 400-word rows
+    run = json.loads((out / "_run.json").read_text())
+    assert run["rows"] == 300 and run["status"] == "complete" and run["errors"] == 3  # the null, blank and 400-word rows
 
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
