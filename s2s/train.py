@@ -371,11 +371,14 @@ def fit(cfg: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = 
 
 
 def train_loop_per_worker(config: dict) -> None:
+    import ray
     import ray.train
     import ray.train.torch
 
     ctx = ray.train.get_context()
     torch.set_num_threads(config["threads"])
+    print(f"worker {ctx.get_world_rank()} of {ctx.get_world_size()} on node {ray.get_runtime_context().get_node_id()[:12]}, "
+          f"{config['threads']} thread(s)", flush=True)
     fit(config["cfg"], ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(), report=ray.train.report)
 
 

@@ -6,6 +6,7 @@ node only; the actors spread over the nodes, each node keeping its I/O reserve.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -50,3 +51,34 @@ def test_translate_spreads_over_three_nodes_with_everything_on_s3(three_nodes, s
     assert run["status"] == "complete" and run["rows"] == 300 and len(run["nodes"]) >= 2, run["nodes"]
     out = pq.read_table("nodes/out", filesystem=s3)
     assert sorted(out.column("keep").to_pylist()) == list(range(300))
+
+
+def test_train_runs_ddp_with_a_worker_on_each_of_two_nodes_and_resumes(small_corpus, tmp_path):
+    """`s2s-job train --workers 2` on a two-node cluster of 1 CPU each: one DDP worker per node (gloo between
+    them), then `--resume` continues from the checkpoint. The run dir is a folder both nodes see (one machine)."""
+    import torch
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        run = tmp_path / "run"
+        args = ["train", "--run-dir", str(run), "--data", str(small_corpus), "--workers", "2", "--src-vocab-size", "500",
+                "--tgt-vocab-size", "500", "--emb-dim", "16", "--hidden-size", "32", "--batch-tokens", "800", "--log-every", "2",
+                "--max-minutes", "0", "--fp32"]
+        env = {**os.environ, "RAY_ADDRESS": cluster.address}
+        first = subprocess.run([sys.executable, "-m", "s2s.cli", *args, "--max-steps", "4"], env=env, capture_output=True,
+                               text=True, timeout=600)
+        log = first.stdout + first.stderr
+        assert first.returncode == 0, log[-3000:]
+        assert "on 2 worker(s), CPU/gloo, 1 CPU and 1 thread(s) each" in log
+        nodes = dict(re.findall(r"worker (\d) of 2 on node (\w+)", log))
+        assert set(nodes) == {"0", "1"} and nodes["0"] != nodes["1"], log[-3000:]  # Ray Train put one worker on each node
+        assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["state"]["step"] == 4
+        again = subprocess.run([sys.executable, "-m", "s2s.cli", *args, "--max-steps", "8", "--resume"], env=env,
+                               capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+        assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["state"]["step"] == 8
+    finally:
+        cluster.shutdown()
