@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -62,3 +63,35 @@ def test_translate_with_a_model_directory_on_s3(s3_env, tiny_model_dir, corpus_3
     assert len(cached) == 1 and (cached[0] / "manifest.json").read_bytes() == (tiny_model_dir / "manifest.json").read_bytes()
     missing = _cli(env, "translate", str(corpus_300), "--output", str(tmp_path / "out2"), "--model", "s3://models/none")
     assert missing.returncode == 2 and "s3://models/none/manifest.json: cannot be read" in missing.stderr
+
+
+def test_a_run_killed_mid_write_to_s3_resumes_exactly_once(s3_env, tiny_model_dir, corpus_300):
+    """The driver and its local Ray killed (SIGKILL, by pid) while parts land on S3; --resume does the rest."""
+    import signal
+    from pathlib import Path
+
+    s3 = _s3(s3_env)
+    s3.create_dir("kill")
+    with s3.open_output_stream("kill/in/corpus.parquet") as f:
+        pq.write_table(pq.read_table(corpus_300), f)
+    args = [sys.executable, "-m", "s2s.cli", "translate", "s3://kill/in/", "--output", "s3://kill/out/", "--model",
+            str(tiny_model_dir), "--rows-per-shard", "30", "--max-decoding-length", "30", "--beam-size", "1"]
+    faults = str(Path(__file__).parent / "faults")
+    env = {**os.environ, **s3_env, "PYTHONPATH": faults, "S2S_TEST_FAULT": "slow:2"}
+    proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def parts():
+        return [i.base_name for i in s3.get_file_info(pafs.FileSelector("kill/out", allow_not_found=True)) if i.base_name.startswith("part-")]
+
+    deadline = time.time() + 300
+    while time.time() < deadline and len(parts()) < 2:
+        time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = parts()
+    assert 2 <= len(before) < 10, "the kill should land mid-run"
+    done = _cli(s3_env, *args[3:], "--resume")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"{len(before)} already committed" in done.stdout
+    out = pq.read_table("kill/out", filesystem=s3)
+    assert out.num_rows == 300 and sorted(out.column("keep").to_pylist()) == list(range(300))
