@@ -42,6 +42,9 @@ def test_resume_into_a_folder_not_made_by_translate(tiny_model_dir, tmp_path):
     (tmp_path / "out" / "notes.txt").write_text("mine")
     result = runner.invoke(app, ["translate", str(data), "--model", str(tiny_model_dir), "--output", str(tmp_path / "out"), "--resume"])
     assert result.exit_code == 2 and "_job.json" in result.output and (tmp_path / "out" / "notes.txt").exists()
+    result = runner.invoke(app, ["translate", str(data), "--model", str(tiny_model_dir), "--output", str(tmp_path / "out"), "--overwrite"])
+    assert result.exit_code == 2 and "not written by s2s-job translate" in result.output  # --overwrite empties only its own folders
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["notes.txt"]  # and the lease it took is gone
 
 
 def test_export_of_a_directory_that_is_not_a_run(tmp_path):
