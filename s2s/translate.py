@@ -524,8 +524,8 @@ def run_translate(cfg: TranslateConfig) -> dict:
         choose_providers("cuda")  # local run: the actors will run here, so fail now, not inside Ray
     fs, files = list_inputs(cfg.input)
     units = plan_units(fs, files, cfg)
-    settings = {"model": cfg.model if "://" in cfg.model else str(Path(cfg.model).resolve()), "inputs": [{k: f[k] for k in ("path", "size", "mtime_ns")} for f in files],
-                "text_column": cfg.text_column, "id_column": cfg.id_column, "rows_per_shard": cfg.rows_per_shard,
+    settings = {"model": cfg.model if "://" in cfg.model else str(Path(cfg.model).resolve()),
+                "inputs": [{k: f[k] for k in ("path", "size", "mtime_ns")} for f in files], "text_column": cfg.text_column, "id_column": cfg.id_column, "rows_per_shard": cfg.rows_per_shard,
                 "decode": dataclasses.asdict(cfg.decode), "variant": cfg.variant}
     fingerprint = hashlib.sha256(json.dumps({**settings, "model_files": model_dir.manifest["files"]}, sort_keys=True).encode()).hexdigest()
     lease = Lease(cfg.output)
