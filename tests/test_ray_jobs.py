@@ -45,7 +45,7 @@ def ray_head():
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300  # a readiness bound: on 2 loaded cores the first job alone took over 2 minutes
         while True:
             try:
                 request = urllib.request.Request(f"{address}/api/version", headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"})
