@@ -7,6 +7,7 @@ node only; the actors spread over the nodes, each node keeping its I/O reserve.
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -59,7 +60,10 @@ def test_train_runs_ddp_with_a_worker_on_each_of_two_nodes_and_resumes(small_cor
     import torch
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
+    with socket.socket() as s:  # Ray's default dashboard port may be taken by another Ray on this machine
+        s.bind(("127.0.0.1", 0))
+        dashboard_port = s.getsockname()[1]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_port": dashboard_port})
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
