@@ -60,10 +60,14 @@ def test_train_runs_ddp_with_a_worker_on_each_of_two_nodes_and_resumes(small_cor
     import torch
     from ray.cluster_utils import Cluster
 
-    with socket.socket() as s:  # Ray's default dashboard port may be taken by another Ray on this machine
-        s.bind(("127.0.0.1", 0))
-        dashboard_port = s.getsockname()[1]
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_port": dashboard_port})
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    # Ray's default dashboard and agent ports may be taken by another Ray on this machine
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_port": free_port(),
+                                                             "dashboard_agent_listen_port": free_port()})
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()

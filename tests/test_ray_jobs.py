@@ -41,7 +41,10 @@ def ray_head():
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     cmd = ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", "2",
            "--num-gpus", "0", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-           "--temp-dir", temp_dir, "--disable-usage-stats"]
+           "--temp-dir", temp_dir, "--disable-usage-stats",
+           # its own agent port too: Ray's default (52365) is taken by any other Ray on the machine that runs a dashboard,
+           # and then the job server answers "No available agent to submit job" until the deadline
+           "--dashboard-agent-listen-port", str(_free_port())]
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
