@@ -133,11 +133,6 @@ def as_text(value: Any) -> tuple[str | None, str | None]:
     return visible, None
 
 
-def check_text(text: Any) -> str | None:
-    """Why a row cannot be translated, or None if it can."""
-    return as_text(text)[1]
-
-
 class Translator:
     def __init__(self, engine: Engine, src_sp: spm.SentencePieceProcessor, tgt_sp: spm.SentencePieceProcessor, config: DecodeConfig = DecodeConfig()):
         self.engine, self.src_sp, self.tgt_sp, self.config = engine, src_sp, tgt_sp, config
