@@ -70,7 +70,9 @@ def fetch_model_dir(uri: str) -> Path:
     """
     import pyarrow.fs as pafs
 
-    fs, base = pafs.FileSystem.from_uri(uri.rstrip("/"))
+    from s2s.output import filesystem
+
+    fs, base = filesystem(uri.rstrip("/"))
     try:
         with fs.open_input_stream(f"{base}/{MANIFEST}") as f:
             raw = f.read()
