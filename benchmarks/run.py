@@ -33,6 +33,7 @@ from s2s.data import token_batches
 from s2s.evaluate import corpus_scores, load_model
 from s2s.export.runtime import OrtEngine, load_model_dir
 from s2s.plots import read_metrics
+from s2s.run_dir import checkpoint_file
 from s2s.tokenizer import load_sentencepiece
 from s2s.translator import DecodeConfig, TorchEngine, Translator
 
@@ -183,7 +184,7 @@ def run_bare_loop(input_path: Path, output: Path, model: Path, beam: int, thread
 
 def bench_decode(a: argparse.Namespace, texts: list[str], refs: list[list[str]]) -> None:
     torch.set_num_threads(a.threads)
-    model, _ = load_model(a.run / "checkpoints" / "best.pt")
+    model, _ = load_model(checkpoint_file(a.run, "best"))
     model_dir = load_model_dir(a.model)
     src_sp, tgt_sp = load_sentencepiece(a.model / "src.model"), load_sentencepiece(a.model / "tgt.model")
     engines = {"torch": TorchEngine(model)}

@@ -97,16 +97,49 @@ def _state_graph_diff(model_dir: Path, manifest: dict, sources: list[list[int]],
     return worst
 
 
+def _remote_model_exists(uri: str) -> bool:
+    import pyarrow.fs as pafs
+
+    from s2s.output import filesystem
+
+    fs, base = filesystem(uri)
+    return fs.get_file_info(f"{base}/{MANIFEST}").type == pafs.FileType.File
+
+
+def _upload_model(local: Path, uri: str, manifest: dict) -> None:
+    """The model's files, then its manifest: fetch_model_dir reads the manifest first and checks every hash."""
+    from s2s.output import filesystem, write_durably
+
+    fs, base = filesystem(uri)
+    fs.create_dir(base, recursive=True)
+    for name in [n for n in manifest["files"] if n != MANIFEST] + [MANIFEST]:
+        write_durably(fs, f"{base}/{name}", lambda sink, name=name: sink.write((local / name).read_bytes()))
+
+
 def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportConfig()) -> dict:
-    """Export a training run's checkpoint into `out`; return the manifest. Raises ParityError on a failed gate."""
-    run, out = Path(run_dir), Path(out)
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"{run}: not a training run directory (no config.json). Pass the --run-dir given to train.")
+    """Export a training run's checkpoint into `out`; return the manifest. Raises ParityError on a failed gate.
+
+    Either may be on object storage (s3://): a remote `out` is built and checked locally, then uploaded
+    with its manifest last, so that a reader sees the old model or the new one, never half of one."""
+    from s2s.run_dir import checkpoint_file, working_copy
+
+    run = working_copy(run_dir)
+    if "://" in str(out):
+        remote, out = str(out).rstrip("/"), Path(tempfile.mkdtemp(prefix="s2s-export-")) / "model"
+        if _remote_model_exists(remote) and not cfg.overwrite:
+            raise FileExistsError(f"{remote}: already holds a model. Pass --overwrite or choose another --out.")
+        try:
+            manifest = export_run(run_dir, out, cfg)
+            _upload_model(out, remote, manifest)
+        finally:
+            shutil.rmtree(out.parent, ignore_errors=True)
+        return manifest
+    out = Path(out)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise FileExistsError(f"{out}: already exists and is not empty. Pass --overwrite or choose another --out.")
 
     # load
-    model, ckpt = load_model(run / "checkpoints" / f"{cfg.checkpoint}.pt")
+    model, ckpt = load_model(checkpoint_file(run_dir, cfg.checkpoint))
     src_sp, tgt_sp = load_sentencepiece(run / "src.model"), load_sentencepiece(run / "tgt.model")
     valid = pq.read_table(run / "data" / "valid.parquet").to_pylist()
 
@@ -130,7 +163,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
             "vocab_sizes": {"src": src_sp.get_piece_size(), "tgt": tgt_sp.get_piece_size()},
             "limits": {"max_input_tokens": cfg.max_input_tokens, "max_decoding_length": cfg.max_decoding_length},
             "model_config": dataclasses.asdict(model.cfg),
-            "training": {"run_dir": str(run.resolve()), "checkpoint": cfg.checkpoint, "metrics": ckpt.get("metrics"),
+            "training": {"run_dir": str(run_dir) if "://" in str(run_dir) else str(Path(run_dir).resolve()), "checkpoint": cfg.checkpoint, "metrics": ckpt.get("metrics"),
                          "state": ckpt.get("state")},
             "exporter": cfg.exporter,
             "opset": cfg.opset,

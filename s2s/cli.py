@@ -30,8 +30,8 @@ def _failure(error: BaseException) -> str:
 
 @app.command()
 def train(
-    run_dir: Annotated[Path, typer.Option(help="Where the run writes tokenizers, checkpoints and metrics.")] = Path("runs/eng-fra"),
-    data: Annotated[Path, typer.Option(help="Parquet or TSV (with header) of sentence pairs.")] = BUNDLED_DATA,
+    run_dir: Annotated[str, typer.Option(help="Where the run writes tokenizers, checkpoints and metrics: a folder or s3://...")] = "runs/eng-fra",
+    data: Annotated[str, typer.Option(help="Parquet or TSV (with header) of sentence pairs; a path or s3://...")] = str(BUNDLED_DATA),
     source_column: Annotated[str, typer.Option(help="Column with source sentences.")] = "en",
     target_column: Annotated[str, typer.Option(help="Column with target sentences.")] = "fr",
     workers: Annotated[int, typer.Option(help="Ray Train workers (DDP processes); more than the CPUs is allowed.")] = 2,
@@ -65,7 +65,7 @@ def train(
     try:
         model = ModelConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, emb_dim=emb_dim, hidden_size=hidden_size,
                             encoder_layers=encoder_layers, decoder_layers=decoder_layers, dropout=dropout)
-        cfg = TrainConfig(run_dir=str(run_dir), data=str(data), source_column=source_column, target_column=target_column, model=model,
+        cfg = TrainConfig(run_dir=run_dir, data=data, source_column=source_column, target_column=target_column, model=model,
                           workers=workers, cpus=cpus, use_gpu=gpu, batch_tokens=batch_tokens, lr=lr, warmup_steps=warmup_steps,
                           label_smoothing=label_smoothing, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
                           patience=patience, log_every=log_every, bf16=bf16, seed=seed, resume=resume)
@@ -77,7 +77,7 @@ def train(
 
 @app.command()
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
+    run_dir: Annotated[str, typer.Argument(help="A training run directory (or s3://...).")],
     split: Annotated[str, typer.Option(help="valid or test.")] = "test",
     beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = 1,
     length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = 1.0,
@@ -99,8 +99,8 @@ def evaluate(
 
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
-    out: Annotated[Path, typer.Option(help="Model directory to write.")] = Path("models/eng-fra"),
+    run_dir: Annotated[str, typer.Argument(help="A training run directory (or s3://...).")],
+    out: Annotated[str, typer.Option(help="Model directory to write (or s3://...).")] = "models/eng-fra",
     quantize: Annotated[Optional[str], typer.Option(help="int8: add an onnxruntime dynamic-quantized variant.")] = None,
     exporter: Annotated[str, typer.Option(help="torch.onnx exporter: torchscript or dynamo (fp32 only).")] = "torchscript",
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
@@ -195,14 +195,15 @@ def translate(
 
 @app.command()
 def plot(
-    run_dirs: Annotated[list[Path], typer.Argument(help="One or more training run directories, overlaid.")],
+    run_dirs: Annotated[list[str], typer.Argument(help="One or more training run directories (or s3://...), overlaid.")],
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("curves.png"),
 ) -> None:
     """Draw training curves (loss, valid BLEU and chrF, tokens/s) of one run or several overlaid."""
     from s2s.plots import plot_curves
+    from s2s.run_dir import working_copy
 
     try:
-        typer.echo(f"wrote {plot_curves(run_dirs, out)}")
+        typer.echo(f"wrote {plot_curves([working_copy(r) for r in run_dirs], out)}")
     except FileNotFoundError as e:
         _fail(str(e))
 

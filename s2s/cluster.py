@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # Idle Python workers a local cluster keeps. Ray's default is one per CPU; the translate actors take those,
 # so every read and commit task started a fresh worker (1.5 CPU-seconds each; 15 of 110 on 100k rows).
@@ -27,6 +30,26 @@ LOCAL_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
 }
+
+
+# Custom resources that keep the work off a cluster's head, enforced by Ray's scheduler. ray_cluster.yaml's head
+# declares HEAD_RESOURCE and each worker node type WORKER_RESOURCE. Where a head marks itself so, translate
+# actors and training workers also ask for a sliver of WORKER_RESOURCE, which no head has: Ray places them on
+# worker nodes only, and the autoscaler, seeing that demand, adds one. The driver and the read and commit
+# tasks ask for none and stay free to run on the head. A cluster without the marker (one machine, a
+# test cluster) uses every node as before.
+HEAD_RESOURCE = "s2s_head"
+WORKER_RESOURCE = "s2s_worker"
+WORKER_SLIVER = 0.001  # per actor or training worker: Ray's resolution is 0.0001, and a node declares 1
+
+
+def is_head(node: dict) -> bool:
+    return node.get(HEAD_RESOURCE, 0) > 0
+
+
+def work_resources(nodes: list[dict]) -> dict[str, float]:
+    """The custom resources an actor or a training worker asks for on a cluster with these (alive) nodes."""
+    return {WORKER_RESOURCE: WORKER_SLIVER} if any(is_head(n) for n in nodes) else {}
 
 
 def init_ray(dashboard: bool) -> str:
@@ -50,12 +73,28 @@ def init_ray(dashboard: bool) -> str:
     return "local cluster"
 
 
-def node_shapes() -> tuple[list[dict], list[dict]]:
-    """The resources of each alive node, and of each node the autoscaler may still add (`max_count` copies).
+# Where the cluster launcher (`ray up`) leaves the cluster config on the head, with each node type's CPU and GPU
+# filled in from its instance type; ray_cluster.yaml starts the head's autoscaler from this same file.
+BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
-    The second list comes from the cluster config Ray's autoscaler publishes in the GCS; Ray Train and Ray
-    Data read it the same way (`ray._private.state.state.get_cluster_config()`, private in Ray 2.60). It is
-    empty on a local cluster, or where the autoscaler publishes none: then only alive nodes count.
+
+def addable_from_launcher_config(path: Path) -> list[dict]:
+    """Each node the config's autoscaler may add (`max_workers` copies of each worker type's resources)."""
+    import yaml
+
+    config = yaml.safe_load(path.read_text()) or {}
+    head = config.get("head_node_type")
+    return [dict(t.get("resources") or {}) for name, t in (config.get("available_node_types") or {}).items() if name != head
+            for _ in range(max(0, int(t.get("max_workers", 0))))]
+
+
+def node_shapes() -> tuple[list[dict], list[dict]]:
+    """The resources of each alive node, and of each node the autoscaler may still add.
+
+    The second list comes from the cluster config an autoscaler publishes in the GCS, which Ray Train and Ray
+    Data read the same way (`ray._private.state.state.get_cluster_config()`, private in Ray 2.60; KubeRay's
+    autoscaler publishes it, Ray's own does not). Failing that, from the cluster launcher's config on the
+    head (BOOTSTRAP_CONFIG), where a job's driver runs. Empty on a local cluster: then only alive nodes count.
     """
     import ray
 
@@ -68,4 +107,10 @@ def node_shapes() -> tuple[list[dict], list[dict]]:
     for group in config.node_group_configs if config else []:
         resources = dict(group.resources)
         addable += [resources] * max(0, group.max_count)
+    launcher = BOOTSTRAP_CONFIG.expanduser()
+    if not addable and os.environ.get("RAY_ADDRESS") and launcher.is_file():
+        try:
+            addable = addable_from_launcher_config(launcher)
+        except Exception as e:  # noqa: BLE001 - a config we cannot read must not stop the job: plan for what is alive
+            log.warning("%s: cannot read the node types (%s); planning for the nodes alive", launcher, e)
     return alive, addable

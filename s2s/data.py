@@ -48,39 +48,51 @@ class Splits:
 
 
 def read_table(path: str | Path, columns: list[str]) -> pa.Table:
-    """Read Parquet, or TSV with a header row, keeping `columns`; raise DataError naming what is wrong."""
-    path = Path(path)
-    if not path.exists():
+    """Read Parquet (a file or a folder of them), or TSV with a header row, keeping `columns`; a local path or a
+    URI (s3://...). Raise DataError naming what is wrong."""
+    import pyarrow.fs as pafs
+
+    from s2s.output import filesystem
+
+    try:
+        fs, where = filesystem(str(path))
+        info = fs.get_file_info(where)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise DataError(f"{path}: cannot be opened ({e}). Check the path and, for object storage, the AWS_* settings.") from e
+    if info.type == pafs.FileType.NotFound:
         raise DataError(f"{path}: no such file. Pass --data with a Parquet or TSV file of sentence pairs.")
-    if path.is_dir() or path.suffix.lower() in {".parquet", ".pq"}:
+    suffix = Path(where).suffix.lower()
+    if info.type == pafs.FileType.Directory or suffix in {".parquet", ".pq"}:
         try:
-            schema = pq.read_schema(path) if path.is_file() else pq.ParquetDataset(path).schema
+            schema = (pq.read_schema(where, filesystem=fs) if info.type == pafs.FileType.File
+                      else pq.ParquetDataset(where, filesystem=fs).schema)
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"{path}: not a readable Parquet file ({e}). Check the file or re-export it.") from e
         _check_columns(path, schema.names, columns)
         try:
-            return pq.read_table(path, columns=columns)
+            return pq.read_table(where, columns=columns, filesystem=fs)
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"{path}: corrupt Parquet data ({e}). Re-export the file.") from e
-    if path.suffix.lower() in {".tsv", ".txt", ".tab"}:
+    if suffix in {".tsv", ".txt", ".tab"}:
         import pyarrow.csv as pcsv
 
         try:
-            table = pcsv.read_csv(
-                path,
-                parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False),
-                convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in columns}),
-            )
+            with fs.open_input_stream(where) as f:
+                table = pcsv.read_csv(
+                    f,
+                    parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False),
+                    convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in columns}),
+                )
         except pa.ArrowInvalid as e:
             if "Empty CSV file" in str(e):
                 raise DataError(f"{path}: the file is empty; it needs a header row naming the columns.") from e
             raise DataError(f"{path}: cannot parse as TSV ({e}).") from e
         _check_columns(path, table.column_names, columns)
         return table.select(columns)
-    raise DataError(f"{path}: unknown file type {path.suffix!r}; use .parquet or .tsv (with a header row).")
+    raise DataError(f"{path}: unknown file type {suffix!r}; use .parquet or .tsv (with a header row).")
 
 
-def _check_columns(path: Path, present: list[str], wanted: list[str]) -> None:
+def _check_columns(path: str | Path, present: list[str], wanted: list[str]) -> None:
     missing = [c for c in wanted if c not in present]
     if missing:
         raise DataError(

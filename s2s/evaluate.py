@@ -44,14 +44,16 @@ def load_model(checkpoint: str | Path) -> tuple[Seq2Seq, dict]:
 
 def evaluate_run(run_dir: str | Path, split: str = "test", decode: DecodeConfig | None = None, checkpoint: str = "best",
                  samples: int = 5, attention: int = 0) -> dict:
-    """Translate a run's held-out split with its checkpoint; write and return eval.json's contents."""
-    run = Path(run_dir)
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"{run}: not a training run directory (no config.json). Pass the --run-dir given to train.")
+    """Translate a run's held-out split with its checkpoint; write and return eval.json's contents.
+
+    `run_dir` may be on object storage (s3://): its working copy is evaluated and eval.json uploaded beside it."""
+    from s2s.run_dir import checkpoint_file, publish, working_copy
+
+    run = working_copy(run_dir)
     if split not in ("valid", "test"):
         raise ValueError(f"split must be valid or test, got {split!r}")
     decode = decode or DecodeConfig()
-    model, ckpt = load_model(run / "checkpoints" / f"{checkpoint}.pt")
+    model, ckpt = load_model(checkpoint_file(run_dir, checkpoint))
     rows = pq.read_table(run / "data" / f"{split}.parquet").to_pylist()
     translator = Translator(TorchEngine(model), load_sentencepiece(run / "src.model"), load_sentencepiece(run / "tgt.model"), decode)
     t0 = time.time()
@@ -73,4 +75,5 @@ def evaluate_run(run_dir: str | Path, split: str = "test", decode: DecodeConfig 
         result["attention_maps"] = [str(draw_translation_attention(translator, rows[i]["src"], out[i], run / "attention" / f"{n}.png"))
                                     for n, i in enumerate(picked[:attention]) if out[i].error is None]
     (run / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    publish(run, str(run_dir), ["eval.json"])
     return result

@@ -1,14 +1,8 @@
 """Training: prepare the data once on the driver, then run `fit` on every Ray Train worker under DDP.
 
-`fit` is plain PyTorch + torch.distributed (tests run it without Ray); `train_loop_per_worker` is the
-thin Ray adapter and `train` the driver that owns ScalingConfig/RunConfig.
-
-Run directory:
-    config.json        the TrainConfig and ModelConfig of the run
-    src.model tgt.model SentencePiece models (trained on the train split only)
-    data/              tokenized train, valid pairs; valid and test sources with all their references
-    checkpoints/       last.pt (resume) and best.pt (by valid BLEU)
-    metrics.jsonl      one line per log interval and per epoch
+`fit` is plain PyTorch + torch.distributed; `train_loop_per_worker` is the thin Ray adapter that hands it
+Ray's checkpoint to resume from and a `save` that reports to Ray, and `train` the driver that owns
+ScalingConfig/RunConfig/CheckpointConfig. The run directory (local or s3://) is described in s2s/run_dir.py.
 """
 
 from __future__ import annotations
@@ -18,6 +12,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +25,11 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from s2s.cluster import init_ray, node_shapes
+from s2s.cluster import init_ray, is_head, node_shapes, work_resources
 from s2s.data import BUNDLED_DATA, DataError, load_pairs, pad_batch, split_pairs, token_batches
 from s2s.evaluate import corpus_scores
 from s2s.model import ModelConfig, Seq2Seq, sequence_loss, shift_target
+from s2s.run_dir import CHECKPOINT_FILE, CONFIG_FILE, EXPERIMENT, LOGS, PREPARED, is_remote, publish, run_config, working_copy
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_sentencepiece, train_sentencepiece
 from s2s.translator import DecodeConfig, TorchEngine, Translator
 
@@ -41,8 +38,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    run_dir: str = "runs/eng-fra"  # everything the run writes goes here
-    data: str = str(BUNDLED_DATA)  # Parquet or TSV (with header) of sentence pairs
+    run_dir: str = "runs/eng-fra"  # everything the run writes goes here: a local folder or s3://bucket/prefix
+    data: str = str(BUNDLED_DATA)  # Parquet or TSV (with header) of sentence pairs; Parquet may be on s3://
     source_column: str = "en"
     target_column: str = "fr"
     model: ModelConfig = field(default_factory=ModelConfig)  # vocab sizes are set from the trained tokenizers
@@ -63,10 +60,10 @@ class TrainConfig:
     max_minutes: float = 50.0  # stop training after this many minutes of the loop (0: no bound)
     patience: int = 3  # stop after this many epochs without a better valid BLEU (0: never)
     log_every: int = 50  # steps between progress lines
-    checkpoint_minutes: float = 10.0  # also save last.pt mid-epoch this often, so a kill loses little
+    checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often, so a kill loses little
     seed: int = 1234
     bf16: bool | None = None  # autocast to bfloat16; None: on GPU, and on CPUs with native bf16 (2x faster here)
-    resume: bool = False  # continue from checkpoints/last.pt instead of starting over
+    resume: bool = False  # continue from the run's latest Ray Train checkpoint instead of starting over
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -86,14 +83,15 @@ class TrainConfig:
 
 
 def prepare(cfg: TrainConfig, vocab_sizes: tuple[int, int] = (8000, 8000)) -> ModelConfig:
-    """Split, train tokenizers, tokenize; write it all under run_dir. Reused as is when resuming."""
-    run = Path(cfg.run_dir)
-    done = run / "config.json"
-    if done.exists():
-        saved = json.loads(done.read_text())
+    """Split, train tokenizers, tokenize; write it all under run_dir. Reused as is when resuming.
+
+    A remote run is prepared in a local folder, then uploaded with config.json last."""
+    saved = run_config(cfg.run_dir)
+    if saved is not None:
         if not cfg.resume:
-            raise FileExistsError(f"{run} already holds a run. Pass --resume to continue it, or choose another --run-dir.")
+            raise FileExistsError(f"{cfg.run_dir} already holds a run. Pass --resume to continue it, or choose another --run-dir.")
         return ModelConfig(**saved["model"])
+    run = Path(tempfile.mkdtemp(prefix="s2s-prepare-")) if is_remote(cfg.run_dir) else Path(cfg.run_dir)
     t0 = time.time()
     pairs = load_pairs(cfg.data, cfg.source_column, cfg.target_column)
     splits = split_pairs(pairs, cfg.valid_frac, cfg.test_frac)
@@ -125,10 +123,14 @@ def prepare(cfg: TrainConfig, vocab_sizes: tuple[int, int] = (8000, 8000)) -> Mo
     stats = {"rows_skipped_empty": pairs.skipped, "train_pairs": len(keep), "train_pairs_skipped_too_long": too_long,
              "valid_sources": len(splits.valid), "test_sources": len(splits.test), "prepare_seconds": round(time.time() - t0, 1)}
     log.info("prepared %s", stats)
-    config = {"train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"}, "model": dataclasses.asdict(model_cfg), "data": stats}
-    tmp = done.with_suffix(".tmp")
+    config = {"run_id": os.urandom(8).hex(), "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"},
+              "model": dataclasses.asdict(model_cfg), "data": stats}
+    tmp = run / f"{CONFIG_FILE}.tmp"
     tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, done)
+    os.replace(tmp, run / CONFIG_FILE)
+    if is_remote(cfg.run_dir):
+        publish(run, cfg.run_dir, PREPARED + (CONFIG_FILE,))
+        shutil.rmtree(run, ignore_errors=True)
     return model_cfg
 
 
@@ -177,19 +179,13 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _agree(flag: bool, device: torch.device) -> bool:
-    """Rank 0's decision, shared by every worker (a stop must happen at the same step everywhere)."""
+def _agree(flags: list[bool], device: torch.device) -> list[bool]:
+    """Rank 0's decisions, shared by every worker (a stop or a checkpoint must happen at the same step everywhere)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
+        return flags
+    t = torch.tensor([1 if f else 0 for f in flags], device=device)
     dist.broadcast(t, 0)
-    return bool(t.item())
-
-
-def _save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    return [bool(x) for x in t.tolist()]
 
 
 def _load_ids(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -251,11 +247,19 @@ def _cpu_copy(model: Seq2Seq) -> Seq2Seq:
     return copy.eval()
 
 
-def fit(cfg: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = torch.device("cpu"),
-        report: Callable[[dict], None] | None = None) -> dict:
-    """The training loop of one worker. With world > 1 the process group must already be initialized."""
-    run = Path(cfg.run_dir)
-    saved = json.loads((run / "config.json").read_text())
+Save = Callable[[dict, dict | None], None]
+
+
+def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 0, world: int = 1,
+        device: torch.device = torch.device("cpu")) -> dict:
+    """The training loop of one worker. With world > 1 the process group must already be initialized.
+
+    `restored` is the checkpoint to continue from. `save(metrics, checkpoint)` is called by every worker
+    at the same points (Ray Train's report is collective); `checkpoint` is the state to keep on rank 0
+    and None elsewhere. metrics["score"] is the valid BLEU it was validated at, -1 for a mid-epoch one.
+    """
+    run = working_copy(cfg.run_dir)
+    saved = json.loads((run / CONFIG_FILE).read_text())
     model_cfg = ModelConfig(**saved["model"])
     torch.manual_seed(cfg.seed)
     model = Seq2Seq(model_cfg).to(device)
@@ -269,24 +273,24 @@ def fit(cfg: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
     bf16 = cfg.bf16 if cfg.bf16 is not None else (device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
-    ckpt_dir = run / "checkpoints"
-    ckpt_dir.mkdir(exist_ok=True)
     state = {"epoch": 0, "batch": 0, "step": 0, "best_bleu": -1.0, "bad_epochs": 0, "train_seconds": 0.0}
-    if cfg.resume and (ckpt_dir / "last.pt").exists():
-        ckpt = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state = ckpt["state"]
-        if "rng" in ckpt:  # every rank seeds alike, so rank 0's state is everyone's: dropout continues as if never stopped
-            torch.set_rng_state(ckpt["rng"])
+    if restored is not None:
+        model.load_state_dict(restored["model"])
+        optimizer.load_state_dict(restored["optimizer"])
+        scheduler.load_state_dict(restored["scheduler"])
+        state = restored["state"]
+        # every rank seeds alike, so rank 0's state is everyone's: dropout continues as if never stopped
+        torch.set_rng_state(restored["rng"])
         if rank == 0:
-            print(f"resumed from {ckpt_dir / 'last.pt'}: epoch {state['epoch']} batch {state['batch']} step {state['step']}", flush=True)
+            print(f"resumed at epoch {state['epoch']} batch {state['batch']} step {state['step']}", flush=True)
 
-    def checkpoint(path: Path, metrics: dict | None = None) -> None:
-        _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "state": dict(state), "model_config": dataclasses.asdict(model_cfg), "metrics": metrics,
-               "rng": torch.get_rng_state()}, path)
+    def checkpoint(score: float, record: dict | None = None) -> None:
+        metrics = {"score": score, "step": state["step"], "epoch": state["epoch"],
+                   **{k: v for k, v in (record or {}).items() if isinstance(v, (int, float))}}
+        kept = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "state": dict(state), "model_config": dataclasses.asdict(model_cfg), "metrics": record,
+                "rng": torch.get_rng_state()} if rank == 0 else None
+        save(metrics, kept)
 
     def log_line(record: dict) -> None:
         if rank == 0:
@@ -323,12 +327,13 @@ def fit(cfg: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = 
                 log_line(last)
                 acc, t_int = [0.0, 0.0, 0.0], time.time()
             out_of_time = bool(cfg.max_minutes) and time.time() - t_start > cfg.max_minutes * 60
-            if _agree((cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time, device):
-                stop = True
+            stop, due = _agree([bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time,
+                                time.time() - t_ckpt > cfg.checkpoint_minutes * 60], device)
+            if stop:
                 break
-            if rank == 0 and time.time() - t_ckpt > cfg.checkpoint_minutes * 60:
+            if due:
                 state["train_seconds"] = time.time() - t_start
-                checkpoint(ckpt_dir / "last.pt")
+                checkpoint(-1.0)
                 t_ckpt = time.time()
         # end of an epoch (or of the run): validate, keep the best, decide on early stopping
         epoch_done = state["batch"] >= len(batches)
@@ -353,13 +358,10 @@ def fit(cfg: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = 
                   f"{' (best)' if improved else ''}", flush=True)
             for smp in samples:
                 print(f"  {smp['src']!r} -> {smp['hyp']!r} (ref {smp['ref']!r})", flush=True)
-            checkpoint(ckpt_dir / "last.pt", record)
-            if improved:
-                checkpoint(ckpt_dir / "best.pt", record)
             _plot(run)
+            publish(run, cfg.run_dir, LOGS)
+        checkpoint(metrics["valid_bleu"], record)
         t_ckpt = time.time()
-        if report:
-            report({k: v for k, v in record.items() if isinstance(v, (int, float))})
         if cfg.patience and state["bad_epochs"] >= cfg.patience:
             if rank == 0:
                 print(f"early stop: no better valid BLEU for {cfg.patience} epochs", flush=True)
@@ -379,7 +381,24 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(config["threads"])
     print(f"worker {ctx.get_world_rank()} of {ctx.get_world_size()} on node {ray.get_runtime_context().get_node_id()[:12]}, "
           f"{config['threads']} thread(s)", flush=True)
-    fit(config["cfg"], ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(), report=ray.train.report)
+    device = ray.train.torch.get_device()
+    restored = None
+    latest = ray.train.get_checkpoint()  # the run's latest checkpoint, when Ray Train restores a run from its storage
+    if latest is not None:
+        with latest.as_directory() as folder:
+            restored = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+
+    def save(metrics: dict, checkpoint: dict | None) -> None:
+        if checkpoint is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="s2s-ckpt-") as folder:
+            torch.save(checkpoint, Path(folder) / CHECKPOINT_FILE)
+            kind = "epoch" if metrics["score"] >= 0 else "mid"
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                             checkpoint_dir_name=f"checkpoint_{metrics['step']:08d}_{kind}")
+
+    fit(config["cfg"], save, restored, ctx.get_world_rank(), ctx.get_world_size(), device)
 
 
 def worker_cpus(cfg: TrainConfig, node_cpus: list[float], use_gpu: bool) -> tuple[float, int]:
@@ -396,29 +415,47 @@ def worker_cpus(cfg: TrainConfig, node_cpus: list[float], use_gpu: bool) -> tupl
     return per_worker, max(1, int(per_worker + 1e-9))
 
 
+def use_gpus(cfg: TrainConfig, nodes: list[dict]) -> bool:
+    """--gpu/--cpu as given; by default GPUs (nccl) when a node alive, or one the autoscaler can add, has one."""
+    return cfg.use_gpu if cfg.use_gpu is not None else any(n.get("GPU", 0) > 0 for n in nodes)
+
+
 def train(cfg: TrainConfig) -> dict:
-    """Prepare the run directory, then train on Ray Train (local Ray, or the cluster at RAY_ADDRESS)."""
-    from ray.train import RunConfig, ScalingConfig
+    """Prepare the run directory, then train on Ray Train (local Ray, or the cluster at RAY_ADDRESS).
+
+    Ray Train keeps the checkpoints in the run (RunConfig(storage_path=run_dir, name="train")): the
+    best by valid BLEU and the latest, which `--resume` continues from; a second run on the same folder
+    without --resume is refused by `prepare`.
+    """
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from s2s.output import filesystem
+    from s2s.run_dir import checkpoint_file
+
+    run = cfg.run_dir.rstrip("/") if is_remote(cfg.run_dir) else str(Path(cfg.run_dir).resolve())
+    cfg = dataclasses.replace(cfg, run_dir=run)
     model_cfg = prepare(cfg, (cfg.model.src_vocab_size, cfg.model.tgt_vocab_size))
-    run = Path(cfg.run_dir).resolve()
     init_ray(dashboard=True)  # Ray Train polls the state API, which the dashboard process serves
     alive, addable = node_shapes()
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else any(n.get("GPU", 0) > 0 for n in alive + addable)
-    per_worker, threads = worker_cpus(cfg, [n.get("CPU", 0.0) for n in alive + addable], use_gpu)
+    use_gpu = use_gpus(cfg, alive + addable)
+    # where the head marks itself (ray_cluster.yaml), the workers go to worker nodes only: size them for those
+    per_worker, threads = worker_cpus(cfg, [n.get("CPU", 0.0) for n in alive + addable if not is_head(n)], use_gpu)
     print(f"training {model_cfg} on {cfg.workers} worker(s), {'GPU/nccl' if use_gpu else 'CPU/gloo'}, "
           f"{per_worker:g} CPU and {threads} thread(s) each; run dir {run}", flush=True)
+    fs, storage = filesystem(run)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": dataclasses.replace(cfg, run_dir=str(run)), "threads": threads},
+        train_loop_config={"cfg": cfg, "threads": threads},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": per_worker}),
-        run_config=RunConfig(storage_path=str(run / "ray"), name="train"),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": per_worker, **work_resources(alive)}),
+        run_config=RunConfig(storage_path=storage, storage_filesystem=fs, name=EXPERIMENT,
+                             # the best by valid BLEU and, always, the latest (Ray never deletes that one)
+                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score",
+                                                                checkpoint_score_order="max")),
     )
     result = trainer.fit()
     if result.error:
         raise result.error
-    best = run / "checkpoints" / "best.pt"
-    summary = torch.load(best, map_location="cpu", weights_only=False)["metrics"] if best.exists() else {}
-    return {"run_dir": str(run), "best": summary, "last_metrics": result.metrics}
+    best = torch.load(checkpoint_file(run, "best"), map_location="cpu", weights_only=False)
+    return {"run_dir": run, "best": best["metrics"] or {}, "last_metrics": result.metrics}

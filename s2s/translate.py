@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from s2s.cluster import init_ray
+from s2s.cluster import init_ray, is_head, node_shapes, work_resources
 from s2s.export.runtime import choose_providers, library_versions
 from s2s.output import (ATTEMPTS_DIR, JOB_FILE, LEASE_FILE, RUN_FILE, STATS_KEY, SUCCESS_FILE, TMP_PREFIX, Lease, LeaseHeld,
                         delete_if_present, filesystem, read_json, write_durably, write_json)
@@ -574,15 +574,20 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], fingerprint: str, 
 
     started = init_ray(dashboard=False)  # Ray Data needs no state API; the dashboard costs CPU the actors could use
     phases["ray_start_s"] = time.time() - t0 - phases["prepare_s"]
-    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    actors, cpus_per_actor, threads = size_actor_pool(cfg, [n.get("CPU", 0.0) for n in nodes], [n.get("GPU", 0.0) for n in nodes])
+    nodes, addable = node_shapes()
+    placed = work_resources(nodes)  # where the head marks itself, actors go to worker nodes only
+    # Size the pool for the worker nodes alive; a cluster that starts with none sizes it for one node the
+    # autoscaler can add (or, where its config is not published, for 1-CPU actors) and waits for that node.
+    hosts = [n for n in nodes if not is_head(n)] or [n for n in addable if not is_head(n)][:1]
+    actors, cpus_per_actor, threads = size_actor_pool(cfg, [n.get("CPU", 0.0) for n in hosts], [n.get("GPU", 0.0) for n in hosts])
     actors = min(actors, len(todo))
     # On a cluster the pool grows while units queue, as far as there are units: each actor Ray cannot place yet
     # is demand the cluster's autoscaler answers with a node, and idle actors go, so idle nodes can go too.
     # A local run keeps the measured fixed pool: there is no node to add.
     most = len(todo) if started != "local cluster" and not cfg.actors else actors
     pool = ray.data.ActorPoolStrategy(size=actors) if most <= actors else ray.data.ActorPoolStrategy(min_size=actors, max_size=most)
-    print(f"Ray: {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs on {len(nodes)} node(s); {actors} translate actor(s)"
+    print(f"Ray: {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs on {len(nodes)} node(s)"
+          f"{'; the head takes no actors' if placed else ''}; {actors} translate actor(s)"
           f"{f' (up to {most} as the cluster scales)' if most > actors else ''} x "
           f"{cpus_per_actor:.3g} CPU{f' + {cfg.gpus_per_actor:g} GPU' if cfg.gpus_per_actor else ''}, "
           f"{threads} onnxruntime thread(s) each", flush=True)
@@ -592,7 +597,7 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], fingerprint: str, 
                         fn_kwargs={"text_column": cfg.text_column})
     # A dead actor is replaced and its unit retried: Ray Data's default for actor pools (tests/test_translate_faults.py).
     ds = ds.map_batches(TranslateBatch, batch_size=None, batch_format="pyarrow", compute=pool,
-                        num_cpus=cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+                        num_cpus=cpus_per_actor, num_gpus=cfg.gpus_per_actor or None, resources=placed or None,
                         fn_constructor_kwargs={"model": uri(cfg.model), "output": uri(cfg.output), "decode": cfg.decode,
                                                "variant": cfg.variant, "device": cfg.device, "threads": threads})
     ds = ds.map_batches(commit_shard, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,

@@ -35,16 +35,15 @@ def small_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(small_corpus, tmp_path_factory) -> Path:
-    """A run directory with a small model trained for a few steps in-process (no Ray)."""
-    from s2s.model import ModelConfig
-    from s2s.train import TrainConfig, fit, prepare
-
+    """A run directory with a small model trained for 30 steps, by `train` on its own local Ray (a subprocess,
+    so that the tests' own Ray sessions start clean)."""
     run = tmp_path_factory.mktemp("run") / "tiny"
-    cfg = TrainConfig(run_dir=str(run), data=str(small_corpus), model=ModelConfig(emb_dim=32, hidden_size=64, dropout=0.0),
-                      workers=1, batch_tokens=1500, epochs=1, max_steps=30, max_minutes=0, log_every=10, valid_frac=0.1, test_frac=0.1,
-                      warmup_steps=10, bf16=False)
-    prepare(cfg, (500, 500))
-    fit(cfg)
+    settings = dict(run_dir=str(run), data=str(small_corpus), workers=1, batch_tokens=1500, epochs=1, max_steps=30, max_minutes=0,
+                    log_every=10, valid_frac=0.1, test_frac=0.1, warmup_steps=10, bf16=False)
+    code = ("from s2s.model import ModelConfig; from s2s.train import TrainConfig, train; "
+            f"train(TrainConfig(model=ModelConfig(src_vocab_size=500, tgt_vocab_size=500, emb_dim=32, hidden_size=64, dropout=0.0), "
+            f"**{settings!r}))")
+    subprocess.run([sys.executable, "-c", code], check=True, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     return run
 
 

@@ -15,6 +15,7 @@ from s2s.export.vmap import build_vmap, shortlist
 from s2s.search import beam_search, greedy_search
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from s2s.translator import DecodeConfig, TorchEngine
+from s2s.run_dir import checkpoint_file
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def _random_batch(rng, batch, max_len, vocab):
 
 @pytest.mark.parametrize("batch,max_len", [(1, 1), (1, 23), (7, 9), (37, 31), (64, 4)])
 def test_parity_on_fresh_random_inputs(tiny_run, model_dir, batch, max_len):
-    model, _ = load_model(tiny_run / "checkpoints" / "best.pt")
+    model, _ = load_model(checkpoint_file(tiny_run, "best"))
     ref, ort_engine = TorchEngine(model), OrtEngine(load_model_dir(model_dir), "fp32", "cpu")
     rng = np.random.default_rng()  # fresh inputs every run
     src, lens = _random_batch(rng, batch, max_len, model.cfg.src_vocab_size)

@@ -17,6 +17,14 @@ def test_rayjob_manifest():
     assert cluster["headGroupSpec"]["template"]["spec"]["containers"]
     for group in cluster["workerGroupSpecs"]:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    # the same resource marks as ray_cluster.yaml: actors on the workers, never on the head
+    import json
+
+    from s2s.cluster import HEAD_RESOURCE, WORKER_RESOURCE
+
+    head = json.loads(json.loads(cluster["headGroupSpec"]["rayStartParams"]["resources"]))
+    assert head == {HEAD_RESOURCE: 1} and cluster["enableInTreeAutoscaling"] is True
+    assert all(json.loads(json.loads(g["rayStartParams"]["resources"])) == {WORKER_RESOURCE: 1} for g in cluster["workerGroupSpecs"])
 
 
 def test_cronjob_creates_the_rayjob_nightly_one_at_a_time():

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from s2s.cli import app
 from s2s.plots import read_metrics
+from s2s.run_dir import checkpoint_file
 
 
 def _png_size(path):
@@ -24,7 +25,7 @@ def test_training_writes_curves_and_plot_overlays_runs(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert _png_size(out)[:2] == (1100, 750)
     missing = CliRunner().invoke(app, ["plot", str(tmp_path)])
-    assert missing.exit_code == 2 and "metrics.jsonl" in missing.output
+    assert missing.exit_code == 2 and "not a training run directory" in missing.output
 
 
 def test_resumed_steps_count_once(tmp_path):
@@ -50,7 +51,7 @@ def test_attention_map(tiny_run, tiny_model_dir, tmp_path):
     ort_att = attention_of(translator.engine, src_ids, out_ids)
     assert ort_att.shape == (len(out_ids) + 1, len(src_ids))
     np.testing.assert_allclose(ort_att.sum(axis=1), 1.0, atol=1e-5)  # each output step spreads one unit over the source
-    model, _ = load_model(tiny_run / "checkpoints" / "best.pt")
+    model, _ = load_model(checkpoint_file(tiny_run, "best"))
     np.testing.assert_allclose(attention_of(TorchEngine(model), src_ids, out_ids), ort_att, atol=1e-5)
     out = tmp_path / "att.png"
     result = CliRunner().invoke(app, ["attention", str(tiny_model_dir), "I like cats and dogs.", "--out", str(out)])

@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from s2s.run_dir import checkpoint_file
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,4 +115,4 @@ def test_train_submitted_as_a_ray_job(ray_head, small_corpus, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "on 4 worker(s), CPU/gloo" in done.stdout + done.stderr
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["kind"] == "epoch" and records[-1]["step"] == 6 and (run / "checkpoints" / "best.pt").is_file()
+    assert records[-1]["kind"] == "epoch" and records[-1]["step"] == 6 and (checkpoint_file(run, "best")).is_file()

@@ -7,6 +7,7 @@ import torch
 
 from s2s.model import ModelConfig
 from s2s.train import TrainConfig, train
+from s2s.run_dir import checkpoint_file
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +24,13 @@ def test_train_stop_after_epoch_one_then_resume(small_corpus, tmp_path, ray_loca
     base = dict(run_dir=str(run), data=str(small_corpus), model=ModelConfig(emb_dim=32, hidden_size=64, dropout=0.0), workers=2,
                 batch_tokens=800, log_every=2, max_minutes=0, warmup_steps=5, valid_frac=0.1, test_frac=0.1, bf16=False)
     train(TrainConfig(epochs=1, **base))
-    first = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    first = torch.load(checkpoint_file(run, "last"), weights_only=False)
     assert first["state"]["epoch"] == 1
     steps_1 = first["state"]["step"]
     with pytest.raises(FileExistsError, match="--resume"):
         train(TrainConfig(epochs=2, **base))
     train(TrainConfig(epochs=2, resume=True, **base))
-    second = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    second = torch.load(checkpoint_file(run, "last"), weights_only=False)
     assert second["state"]["epoch"] == 2 and second["state"]["step"] == 2 * steps_1
     # the optimizer continued: Adam's step counter and the schedule count both epochs
     adam_steps = {int(s["step"]) for s in second["optimizer"]["state"].values()}
@@ -43,7 +44,7 @@ def test_train_stop_after_epoch_one_then_resume(small_corpus, tmp_path, ray_loca
     # the loss continues from where epoch 1 ended, not from the untrained start
     assert resumed_loss < train_losses[0] - 0.5
     assert abs(resumed_loss - epochs[0]["train_loss"]) < abs(resumed_loss - train_losses[0])
-    assert (run / "checkpoints" / "best.pt").exists() and "valid_bleu" in epochs[1]
+    assert (checkpoint_file(run, "best")).exists() and "valid_bleu" in epochs[1]
 
 
 def test_evaluate_writes_eval_json(tiny_run):

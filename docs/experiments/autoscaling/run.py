@@ -6,8 +6,11 @@ Ray's `AutoscalingCluster` helper runs `ray stop --force` on start and shutdown,
 Ray process on the machine (and its template, fake_multi_node/example.yaml, is not in the wheel); so this
 script writes the same config itself, starts the head with its own --temp-dir, then stops exactly the
 processes whose command line names that folder, by pid.
-The head has 1 CPU; the worker type has 2 CPUs, 0 to 2 nodes. Prints the nodes alive every 5 s during and
-after the translate run.
+The head has 1 CPU; the worker type has 2 CPUs, 0 to 2 nodes; they carry ray_cluster.yaml's marks
+(`s2s_head`, `s2s_worker`), so the translate actors may run on worker nodes only. As `ray up` does, the
+config is left at ~/ray_bootstrap_config.yaml (HOME being a folder of this run), where the job's driver
+reads the node types the autoscaler can add. Prints the nodes alive, and the actors on each, every 5 s
+during and after the translate run.
 """
 
 import json
@@ -45,8 +48,8 @@ config = {
     "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
                  "disable_launch_config_check": True, "launch_multiple": True, "head_node_id": FAKE_HEAD_NODE_ID},
     "available_node_types": {
-        "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
-        "cpu_worker": {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0, "max_workers": 2},
+        "ray.head.default": {"resources": {"CPU": 1, "s2s_head": 1}, "node_config": {}, "max_workers": 0},
+        "cpu_worker": {"resources": {"CPU": 2, "s2s_worker": 1}, "node_config": {}, "min_workers": 0, "max_workers": 2},
     },
     "head_node_type": "ray.head.default", "auth": {}, "docker": {}, "initialization_commands": [], "setup_commands": [],
     "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
@@ -62,7 +65,9 @@ if not os.path.exists(example):
     with open(example, "w") as f:
         json.dump({**config, "max_workers": 8, "available_node_types": {"ray.head.default": {
             "resources": {"CPU": 8, "GPU": 0}, "node_config": {}, "max_workers": 0}}}, f)  # JSON is YAML
-config_path = os.path.join(work, "autoscaling.json")
+home = os.path.join(work, "home")  # the head's home, as `ray up` leaves it
+os.makedirs(home, exist_ok=True)
+config_path = os.path.join(home, "ray_bootstrap_config.yaml")  # JSON is YAML
 with open(config_path, "w") as f:
     json.dump(config, f)
 env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1", "RAY_enable_autoscaler_v2": "1",
@@ -82,15 +87,23 @@ def ours() -> list[psutil.Process]:
     return list(found.values())
 
 
+seen: dict[str, str] = {}  # node id -> head or worker, of every node alive at some point
+
+
 def nodes() -> str:
     import ray
+
     alive = [n for n in ray.nodes() if n["Alive"]]
-    return f"{len(alive)} node(s): " + ", ".join(f"{n['Resources'].get('CPU', 0):g} CPU" for n in alive)
+    for n in alive:
+        seen[n["NodeID"]] = "head" if n["Resources"].get("s2s_head") else "worker"
+    return f"{len(alive)} node(s): " + ", ".join(
+        f"{seen[n['NodeID']]} {n['NodeID'][:8]} {n['Resources'].get('CPU', 0):g} CPU" for n in alive)
 
 
 try:
     subprocess.check_call(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--temp-dir={temp_dir}", "--num-cpus=1",
-                           f"--autoscaling-config={config_path}", "--include-dashboard=false"], env=env)
+                           f"--autoscaling-config={config_path}", "--include-dashboard=false",
+                           '--resources={"s2s_head": 1}'], env=env)
     address = f"127.0.0.1:{port}"
     import ray
     ray.init(address=address, logging_level="ERROR")
@@ -100,12 +113,15 @@ try:
     print(time.strftime("%H:%M:%S"), "before:", nodes(), flush=True)
     job = subprocess.Popen([sys.executable, "-m", "s2s.cli", "translate", source, "--model", model,
                             "--output", os.path.join(work, "out"), "--overwrite", "--rows-per-shard", "250"],
-                           env={**os.environ, "RAY_ADDRESS": address}, stdout=open(os.path.join(work, "translate.log"), "w"),
+                           env={**os.environ, "RAY_ADDRESS": address, "HOME": home}, stdout=open(os.path.join(work, "translate.log"), "w"),
                            stderr=subprocess.STDOUT)
     while job.poll() is None:
         print(time.strftime("%H:%M:%S"), "during:", nodes(), flush=True)
         time.sleep(5)
     print(time.strftime("%H:%M:%S"), "translate exit", job.returncode, flush=True)
+    with open(os.path.join(work, "out", "_run.json")) as f:
+        parts_on = json.load(f)["nodes"]
+    print("parts translated on:", ", ".join(f"{seen.get(n, '?')} {n[:8]}" for n in parts_on), flush=True)
     for _ in range(12):
         print(time.strftime("%H:%M:%S"), "after:", nodes(), flush=True)
         time.sleep(5)
