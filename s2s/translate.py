@@ -584,7 +584,11 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], fingerprint: str, 
     # On a cluster the pool grows while units queue, as far as there are units: each actor Ray cannot place yet
     # is demand the cluster's autoscaler answers with a node, and idle actors go, so idle nodes can go too.
     # A local run keeps the measured fixed pool: there is no node to add.
+    # Its ceiling is what the worker nodes the autoscaler may run can hold, where their types are known.
     most = len(todo) if started != "local cluster" and not cfg.actors else actors
+    ceiling = [n for n in addable if not is_head(n)]
+    if most > actors and ceiling:
+        most = max(actors, min(most, size_actor_pool(cfg, [n.get("CPU", 0.0) for n in ceiling], [n.get("GPU", 0.0) for n in ceiling])[0]))
     pool = ray.data.ActorPoolStrategy(size=actors) if most <= actors else ray.data.ActorPoolStrategy(min_size=actors, max_size=most)
     print(f"Ray: {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs on {len(nodes)} node(s)"
           f"{'; the head takes no actors' if placed else ''}; {actors} translate actor(s)"

@@ -40,6 +40,7 @@ pq.write_table(pa.table({"text": texts}), source)
 temp_dir = tempfile.mkdtemp(prefix="rayas", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
 port = 6379  # Ray's default GCS port: the fake node provider starts its worker nodes against that port
 with socket.socket() as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Ray's GCS binds: the last run's TIME_WAIT does not count
     s.bind(("0.0.0.0", port))  # fails here, before anything starts, if another Ray cluster holds it
 
 # what ray.cluster_utils.AutoscalingCluster(autoscaler_v2=True) generates from Ray's fake_multi_node/example.yaml
@@ -97,7 +98,7 @@ def nodes() -> str:
     for n in alive:
         seen[n["NodeID"]] = "head" if n["Resources"].get("s2s_head") else "worker"
     return f"{len(alive)} node(s): " + ", ".join(
-        f"{seen[n['NodeID']]} {n['NodeID'][:8]} {n['Resources'].get('CPU', 0):g} CPU" for n in alive)
+        f"{seen[n['NodeID']]} {n['NodeID'][-6:]} {n['Resources'].get('CPU', 0):g} CPU" for n in alive)
 
 
 try:
@@ -121,7 +122,7 @@ try:
     print(time.strftime("%H:%M:%S"), "translate exit", job.returncode, flush=True)
     with open(os.path.join(work, "out", "_run.json")) as f:
         parts_on = json.load(f)["nodes"]
-    print("parts translated on:", ", ".join(f"{seen.get(n, '?')} {n[:8]}" for n in parts_on), flush=True)
+    print("parts translated on:", ", ".join(f"{seen.get(n, '?')} {n[-6:]}" for n in parts_on), flush=True)
     for _ in range(12):
         print(time.strftime("%H:%M:%S"), "after:", nodes(), flush=True)
         time.sleep(5)
