@@ -17,6 +17,7 @@ finds the best or the last one through `ray.train.Result.from_path`, as any Ray 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import uuid
@@ -108,10 +109,17 @@ def checkpoint_file(run: str | Path, which: str = "best") -> Path:
     if which not in ("best", "last"):
         raise ValueError(f"which must be best or last, got {which!r}")
     fs, base = filesystem(str(run).rstrip("/"))
+    # Reading the run, Ray Train logs at INFO that it "will load" the snapshot into a training function:
+    # true when a trainer restores, misleading here
+    quiet = logging.getLogger("ray.train")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         result = Result.from_path(f"{base}/{EXPERIMENT}", storage_filesystem=fs)
     except RuntimeError as e:
         raise FileNotFoundError(f"{run}: no checkpoints yet ({e}). Train first, or resume the run.") from e
+    finally:
+        quiet.setLevel(level)
     if which == "last":
         chosen = result.checkpoint
     else:  # ties (no validation yet) go to the later checkpoint

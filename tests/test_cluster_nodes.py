@@ -110,6 +110,8 @@ def test_train_on_two_nodes_with_its_run_on_s3_resumes_exports_to_s3_and_transla
         assert {"life/run/config.json", "life/run/metrics.jsonl", "life/run/data/train.parquet"} <= names
         assert any(n.endswith("/checkpoint.pt") for n in names) and "life/run/train/checkpoint_manager_snapshot.json" in names
 
+        assert '"bleu"' in cli("evaluate", "s3://life/run", "--checkpoint", "last")  # eval.json goes back beside the run
+        assert s3.get_file_info("life/run/eval.json").type == pafs.FileType.File
         cli("export", "s3://life/run", "--out", "s3://life/model", "--parity-sentences", "20", "--no-vmap")
         assert s3.get_file_info("life/model/manifest.json").type == pafs.FileType.File
         cli("translate", "s3://life/in/", "--output", "s3://life/out/", "--model", "s3://life/model", "--rows-per-shard", "30",

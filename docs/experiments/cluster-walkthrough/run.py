@@ -12,7 +12,9 @@ each command exactly as it ran, its exit code and the end of its output. Each pr
 runs in its own process group and is stopped by that group's id, never by `ray stop`.
 """
 
+import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -99,9 +101,20 @@ try:
     for _ in range(2):
         start(["ray", "start", "--block", "--address", f"127.0.0.1:{gcs}", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
                "--resources", '{"s2s_worker": 1}', "--dashboard-agent-listen-port", str(free_port()),
-               "--metrics-export-port", str(free_port()), "--disable-usage-stats"], {k: v for k, v in env.items() if k != "RAY_ADDRESS"})
-    say(f"Ray cluster: head (1 CPU, s2s_head) and 2 workers (1 CPU each, s2s_worker); RAY_ADDRESS={env['RAY_ADDRESS']}")
+               "--metrics-export-port", str(free_port()), "--disable-usage-stats",
+               # each node its own temp dir: two nodes of one machine in one folder race for the same raylet socket
+               "--temp-dir", tempfile.mkdtemp(prefix="rayn", dir="/tmp")], {k: v for k, v in env.items() if k != "RAY_ADDRESS"})
     deadline = time.time() + 300
+    os.environ.update({k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})
+    import ray
+
+    ray.init(address=f"127.0.0.1:{gcs}", logging_level="ERROR")
+    while len([n for n in ray.nodes() if n["Alive"]]) < 3 and time.time() < deadline:
+        time.sleep(1)
+    role = {n["NodeID"]: "head" if n["Resources"].get("s2s_head") else "worker" for n in ray.nodes() if n["Alive"]}
+    ray.shutdown()
+    say(f"Ray cluster: head (1 CPU, s2s_head) and 2 workers (1 CPU each, s2s_worker); RAY_ADDRESS={env['RAY_ADDRESS']}; nodes "
+        + ", ".join(f"{r} {n[:12]}" for n, r in role.items()))
     while subprocess.run(["ray", "job", "submit", "--", "true"], env=env, capture_output=True).returncode != 0:
         if time.time() > deadline:
             raise SystemExit("the job server never ran a job")
@@ -112,7 +125,10 @@ try:
         t0 = time.time()
         done = subprocess.run(command, shell=True, cwd=REPO, env=env, capture_output=True, text=True)
         out = done.stdout + done.stderr
-        tail = "\n".join(line for line in out.splitlines()[-25:])
+        # the command's own output, without Ray's notes on packaging the working directory and tailing the job
+        noise = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+\s+(INFO|WARNING|SUCC) (packaging|working_dir|dashboard_sdk|sdk|cli|job_manager)\.py")
+        kept = [line for line in out.splitlines() if not noise.match(line) and "\x1b[" not in line]
+        tail = "\n".join(kept[-30:])
         say(f"{tail}\n[exit {done.returncode} after {time.time() - t0:.0f} s]")
         if done.returncode != expect:
             raise SystemExit(f"expected exit {expect}")
@@ -121,13 +137,17 @@ try:
     small = ("--src-vocab-size 500 --tgt-vocab-size 500 --emb-dim 32 --hidden-size 64 --batch-tokens 1500 --max-steps 60 "
              "--log-every 20 --fp32")
     # section 2: a model
-    run(f"WORKERS=2 RUN_DIR=s3://my-bucket/s2s-job/runs/eng-fra jobs/submit_train.sh --data s3://my-bucket/pairs.parquet {small}")
+    out = run(f"WORKERS=2 RUN_DIR=s3://my-bucket/s2s-job/runs/eng-fra jobs/submit_train.sh --data s3://my-bucket/pairs.parquet {small}")
+    say("training workers ran on: " + ", ".join(f"rank {r} on the {role.get(next((n for n in role if n.startswith(p)), ''), '?')} {p}"
+                                               for r, p in sorted(set(re.findall(r"worker (\d+) of \d+ on node (\w+)", out)))))
     run("ray job submit --working-dir . -- s2s-job export s3://my-bucket/s2s-job/runs/eng-fra "
         "--out s3://my-bucket/s2s-job/models/eng-fra --quantize int8 --parity-sentences 20")
     # section 3: one partition by hand, twice, and what it did
     translate = ("MODEL=s3://my-bucket/s2s-job/models/eng-fra jobs/submit_translate.sh 's3://my-bucket/corpus/date={date}/' "
                  "'s3://my-bucket/translations/date={date}/' --date 2026-11-21")
     run(translate)
+    with s3.open_input_stream("my-bucket/translations/date=2026-11-21/_run.json") as f:
+        say("translate actors ran on: " + ", ".join(f"the {role.get(n, '?')} {n[:12]}" for n in json.loads(f.read())["nodes"]))
     out = run(translate)
     say(f"(second run said 'nothing to do': {'nothing to do' in out})")
     run("s2s-job report s3://my-bucket/translations/date=2026-11-21/")
@@ -136,7 +156,7 @@ try:
         "'s3://my-bucket/translations/date={date}/' --date 2026-11-20")
     run("s2s-job report s3://my-bucket/translations/date=2026-11-20/ s3://my-bucket/translations/date=2026-11-21/")
     say("\nobjects in my-bucket:\n" + "\n".join(sorted(i.path for i in s3.get_file_info(pafs.FileSelector("my-bucket", recursive=True))
-                                                        if i.type == pafs.FileType.File and "/checkpoint_" not in i.path)))
+                                                        if i.type == pafs.FileType.File)))
 finally:
     for p in reversed(started):
         for sig in (signal.SIGTERM, signal.SIGKILL):
