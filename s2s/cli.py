@@ -128,8 +128,10 @@ def export(
 
 @app.command()
 def translate(
-    input: Annotated[str, typer.Argument(help="Parquet file, folder of shards, or glob; local or s3://, gs://.")],
-    output: Annotated[Optional[str], typer.Option(help="Output folder (default: outputs/<input name>).")] = None,
+    input: Annotated[str, typer.Argument(help="Parquet file, folder of shards, or glob; local or s3://, gs://. "
+                                            "Or a .txt file (one sentence per line), or - for stdin: translated in this process.")],
+    output: Annotated[Optional[str], typer.Option(help="Output folder (default: outputs/<input name>); for text input a "
+                                                       "text file, or - for stdout (the default with stdin).")] = None,
     model: Annotated[str, typer.Option(help="Exported model directory.")] = "models/eng-fra",
     text_column: Annotated[str, typer.Option(help="Column with the text to translate.")] = "text",
     id_column: Annotated[Optional[str], typer.Option(help="Column with row ids (default: add row_id = file#row).")] = None,
@@ -153,9 +155,14 @@ def translate(
     max_error_rate: Annotated[float, typer.Option(help="Exit 1 when more than this share of rows has an error.")] = 0.05,
     overwrite: Annotated[bool, typer.Option(help="Empty a non-empty output folder first.")] = False,
     resume: Annotated[bool, typer.Option(help="Finish an earlier run in the output folder; committed shards are kept.")] = False,
+    json_summary: Annotated[bool, typer.Option("--json", help="Print the run's summary (_run.json) on stdout, for scripts.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Also show Ray Data's own progress reports and logs.")] = False,
 ) -> None:
-    """Translate a Parquet corpus with onnxruntime in Ray Data actors; write Parquet shards, _run.json and _SUCCESS."""
+    """Translate a Parquet corpus with onnxruntime in Ray Data actors; write Parquet shards, _run.json and _SUCCESS.
+
+    A text file (one sentence per line) or stdin is translated line by line into a text file or stdout."""
     from s2s.export.runtime import DeviceError, ModelDirError
+    from s2s.textfile import is_text_path, translate_text
     from s2s.translate import JobError, LeaseHeld, TranslateConfig, fill_template, run_translate
     from s2s.translator import DecodeConfig
 
@@ -163,6 +170,27 @@ def translate(
         decode = DecodeConfig(beam_size=beam_size, nbest=nbest, length_penalty=length_penalty, max_batch_tokens=max_batch_tokens,
                               max_input_tokens=max_input_tokens, truncate_long_input=truncate, max_decoding_length=max_decoding_length,
                               use_vmap=use_vmap)
+        if is_text_path(input):
+            target = output or ("-" if input == "-" else str(Path("outputs") / Path(input).name))
+            if json_summary and target == "-":
+                raise ValueError("--json and translations on stdout would mix; pass --output FILE with --json")
+            if target != "-" and Path(target).exists() and not overwrite:
+                raise ValueError(f"{target}: already exists. Pass --overwrite or choose another --output.")
+            counts = translate_text(input, target, model, decode, variant, device)
+    except LeaseHeld as e:  # another live run: the scheduler retries later
+        _fail(str(e), code=3)
+    except (JobError, ModelDirError, DeviceError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if is_text_path(input):
+        if json_summary:
+            typer.echo(json.dumps(counts, indent=2))
+        typer.echo(f"{counts['lines']:,} lines: {counts['translated']:,} translated, {counts['empty']:,} empty, {counts['errors']:,} "
+                   f"error(s), in {counts['seconds']} s; wrote {'stdout' if target == '-' else target}", err=True)
+        if counts["error_rate"] > max_error_rate:
+            _fail(f"error rate {counts['error_rate']:.2%} is over --max-error-rate {max_error_rate:.2%}", code=1)
+        return
+
+    try:
         values = {"date": date, "partition": partition}
         input = fill_template(input, values)
         out = fill_template(output, values) if output else str(Path("outputs") / Path(input.rstrip("/")).stem.replace("*", "all"))
@@ -170,7 +198,7 @@ def translate(
                               reference_column=reference_column, decode=decode,
                               actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, device=device,
                               variant=variant, rows_per_shard=rows_per_shard, max_error_rate=max_error_rate,
-                              overwrite=overwrite, resume=resume)
+                              overwrite=overwrite, resume=resume, verbose=verbose)
         summary = run_translate(cfg)
     except LeaseHeld as e:  # another live run: the scheduler retries later
         _fail(str(e), code=3)
@@ -179,12 +207,13 @@ def translate(
     except Exception as e:  # noqa: BLE001 - Ray, storage or the machine failed: say so with the scheduler's code
         _fail(f"run failed ({_failure(e)}). Committed shards are kept: rerun the same command with --resume "
               "once the cause is fixed.", code=3)
+    if json_summary:  # stdout is for machines; every line for people goes to stderr
+        typer.echo(json.dumps({k: v for k, v in summary.items() if k != "nothing_to_do"}, indent=2))
     if not summary.get("nothing_to_do"):
-        typer.echo(json.dumps(summary, indent=2))
-        typer.echo(f"{summary['rows']} rows, {summary['errors']} errors ({summary['error_rate']:.2%}), "
+        typer.echo(f"{summary['rows']:,} rows, {summary['errors']:,} errors ({summary['error_rate']:.2%}), "
                    f"{summary['sentences_per_s']} sentences/s, {summary['tokens_per_s']} tokens/s, "
                    f"provider {', '.join(summary['providers']) or 'none (nothing to do)'}, {summary['wall_seconds']} s; "
-                   f"_run.json in {cfg.output}")
+                   f"output in {cfg.output} (s2s-job report {cfg.output})", err=True)
     if summary["status"] == "failed_error_rate":
         _fail(f"error rate {summary['error_rate']:.2%} is over --max-error-rate {cfg.max_error_rate:.2%} (status failed_error_rate "
               f"in {cfg.output}/_run.json; see its error_kinds). Rerunning with --resume gives the same answer unless "

@@ -68,6 +68,9 @@ def init_ray(dashboard: bool) -> str:
         return f"cluster at {address}"
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
+    # Ray 2.60 turns token authentication on for a new local cluster and says so at WARNING on every run;
+    # it stays on, and the note goes (setting RAY_AUTH_MODE here instead comes too late: Ray reads it at import)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(logging_level=logging.WARNING, include_dashboard=dashboard,
              _system_config={"num_workers_soft_limit": LOCAL_WORKERS_SOFT_LIMIT})
     return "local cluster"

@@ -39,6 +39,7 @@ from s2s.cluster import init_ray, is_head, node_shapes, work_resources
 from s2s.export.runtime import choose_providers, library_versions
 from s2s.output import (ATTEMPTS_DIR, JOB_FILE, LEASE_FILE, RUN_FILE, STATS_KEY, SUCCESS_FILE, TMP_PREFIX, Lease, LeaseHeld,
                         delete_if_present, filesystem, read_json, write_durably, write_json)
+from s2s.progress import Progress, say
 from s2s.quality import QualityCounts, as_references
 from s2s.translator import DecodeConfig, Translation
 
@@ -73,6 +74,7 @@ class TranslateConfig:
     max_error_rate: float = 0.05  # exit nonzero past this share of rows with an error
     overwrite: bool = False
     resume: bool = False
+    verbose: bool = False  # also Ray Data's own progress reports and logs (off: one progress line)
 
     def __post_init__(self) -> None:
         if self.overwrite and self.resume:
@@ -248,14 +250,13 @@ class TranslateBatch:
     def __init__(self, model: str, output: str, decode: DecodeConfig, variant: str, device: str, threads: int):
         from s2s.export.runtime import load_translator
 
-        logging.basicConfig(level=logging.INFO)
         import ray
 
         self.translator = load_translator(model, decode, variant, device, threads)
         self.output, self.nbest, self.node = output, decode.nbest, ray.get_runtime_context().get_node_id()
-        print(f"translate actor pid {os.getpid()}: onnxruntime provider {self.translator.engine.provider}, "
+        say(f"translate actor pid {os.getpid()}: onnxruntime provider {self.translator.engine.provider}, "
               f"variant {self.translator.engine.variant}{' with the vocabulary map' if self.translator.engine.use_vmap else ''}, "
-              f"{threads} thread(s)", flush=True)
+              f"{threads} thread(s)")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
@@ -282,8 +283,8 @@ class TranslateBatch:
         if len(rec["poison"]) > MAX_POISON_ROWS or rec["deaths"] > ISOLATE_AFTER + len(rec["poison"]) + 2:
             raise RuntimeError(f"unit {self.attempts.path}: its actor died {rec['deaths']} times ({len(rec['poison'])} rows "
                                "flagged as crashing it); the machine or the model, not the rows, looks broken. Rerun with --resume.")
-        print(f"translate actor pid {os.getpid()}: unit {self.attempts.path} killed its actor {rec['deaths']} times; "
-              f"translating it row by row ({len(rec['poison'])} row(s) flagged so far)", flush=True)
+        say(f"translate actor pid {os.getpid()}: unit {self.attempts.path} killed its actor {rec['deaths']} times; "
+              f"translating it row by row ({len(rec['poison'])} row(s) flagged so far)")
         results = []
         for i, text in enumerate(texts):
             if i in rec["poison"]:
@@ -322,8 +323,8 @@ class TranslateBatch:
         if rec["engine_failures"] >= MAX_ENGINE_FAILURES:
             raise RuntimeError(f"the translation engine failed in {rec['engine_failures']} fresh actors on unit "
                                f"{self.attempts.path}: {type(error).__name__}: {error}") from error
-        print(f"translate actor pid {os.getpid()}: the engine itself fails ({type(error).__name__}: {error}); "
-              "exiting so that Ray starts a fresh actor and retries the unit", flush=True)
+        say(f"translate actor pid {os.getpid()}: the engine itself fails ({type(error).__name__}: {error}); "
+              "exiting so that Ray starts a fresh actor and retries the unit")
         os._exit(75)  # a crash, not a clean exit: Ray Data restarts the actor and retries its task
 
 
@@ -508,7 +509,7 @@ def _verified_parts(fs: pafs.FileSystem, out: str, units: list[dict], fingerprin
         if why:
             fs.create_dir(f"{out}/_rejected", recursive=True)
             fs.move(i.path, f"{out}/_rejected/{name}")
-            print(f"{name}: {why}; moved to _rejected/ and redone", flush=True)
+            say(f"{name}: {why}; moved to _rejected/ and redone")
         else:
             done[name] = stats
     return done
@@ -539,8 +540,8 @@ def run_translate(cfg: TranslateConfig) -> dict:
 def _run(cfg: TranslateConfig, units: list[dict], job: dict, manifest: dict, t0: float) -> dict:
     done = _prepare_output(cfg, units, job)
     todo = [u for u in units if u["name"] not in done]
-    print(f"{len({u['path'] for u in units})} input file(s), {sum(u['stop'] - u['start'] for u in units)} rows in {len(units)} "
-          f"shard(s); {len(done)} already committed, {len(todo)} to do", flush=True)
+    say(f"{len({u['path'] for u in units})} input file(s), {sum(u['stop'] - u['start'] for u in units):,} rows in {len(units)} "
+        f"shard(s); {len(done)} already committed, {len(todo)} to do")
     fs, out = filesystem(cfg.output)
     previous = read_json(fs, f"{out}/{RUN_FILE}")
     if not todo and previous and previous.get("status") in ("complete", "failed_error_rate"):
@@ -549,7 +550,7 @@ def _run(cfg: TranslateConfig, units: list[dict], job: dict, manifest: dict, t0:
             write_json(fs, f"{out}/{RUN_FILE}", summary)
         if summary["status"] == "complete":
             write_json(fs, f"{out}/{SUCCESS_FILE}", {})
-        print(f"nothing to do: all {len(units)} shards are already in {cfg.output}; status {summary['status']}", flush=True)
+        say(f"nothing to do: all {len(units)} shards are already in {cfg.output}; status {summary['status']}")
         return {**summary, "nothing_to_do": True}
 
     now: list[dict] = []
@@ -573,6 +574,10 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], fingerprint: str, 
     import ray
 
     started = init_ray(dashboard=False)  # Ray Data needs no state API; the dashboard costs CPU the actors could use
+    if not cfg.verbose:  # one progress line of ours instead of Ray Data's multi-line reports every 10 s
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled. To enable, ..."
     phases["ray_start_s"] = time.time() - t0 - phases["prepare_s"]
     nodes, addable = node_shapes()
     placed = work_resources(nodes)  # where the head marks itself, actors go to worker nodes only
@@ -590,11 +595,11 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], fingerprint: str, 
     if most > actors and ceiling:
         most = max(actors, min(most, size_actor_pool(cfg, [n.get("CPU", 0.0) for n in ceiling], [n.get("GPU", 0.0) for n in ceiling])[0]))
     pool = ray.data.ActorPoolStrategy(size=actors) if most <= actors else ray.data.ActorPoolStrategy(min_size=actors, max_size=most)
-    print(f"Ray: {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs on {len(nodes)} node(s)"
+    say(f"Ray: {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs on {len(nodes)} node(s)"
           f"{'; the head takes no actors' if placed else ''}; {actors} translate actor(s)"
           f"{f' (up to {most} as the cluster scales)' if most > actors else ''} x "
           f"{cpus_per_actor:.3g} CPU{f' + {cfg.gpus_per_actor:g} GPU' if cfg.gpus_per_actor else ''}, "
-          f"{threads} onnxruntime thread(s) each", flush=True)
+          f"{threads} onnxruntime thread(s) each")
     uri = lambda p: p if "://" in p else str(Path(p).resolve())  # noqa: E731 - the workers may run elsewhere
     ds = ray.data.from_items(todo, override_num_blocks=len(todo))
     ds = ds.map_batches(read_texts, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
@@ -609,9 +614,14 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], fingerprint: str, 
                                    "fingerprint": fingerprint})
     committed: list[dict] = []
     t_data = time.time()
+    progress = Progress(sum(u["stop"] - u["start"] for u in todo), "rows")
+    rows = errors = 0
     try:
         for row in ds.iter_rows():
             committed.append(row)
+            stats = json.loads(row["stats"])
+            rows, errors = rows + stats["rows"], errors + stats["errors"]
+            progress.update(rows, f"{errors:,} error(s), {len(committed)}/{len(todo)} shards", final=len(committed) == len(todo))
     finally:
         phases["translate_s"] = time.time() - t_data
         if started == "local cluster":  # now rather than at exit, where Ray's hook first sleeps 0.5 s for log lines

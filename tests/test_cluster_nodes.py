@@ -51,7 +51,7 @@ def test_translate_spreads_over_the_worker_nodes_never_the_head_with_everything_
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # one actor per worker node to start, each keeping half its CPU for reads and commits
-    assert "3 CPUs on 3 node(s); the head takes no actors; 2 translate actor(s) (up to 12 as the cluster scales) x 0.5 CPU" in done.stdout
+    assert "3 CPUs on 3 node(s); the head takes no actors; 2 translate actor(s) (up to 12 as the cluster scales) x 0.5 CPU" in done.stderr
     with s3.open_input_stream("nodes/out/_run.json") as f:
         run = json.loads(f.read())
     workers = {node.node_id for node in three_nodes.worker_nodes}

@@ -35,6 +35,8 @@ def test_translate_s3_in_s3_out_then_resume_and_report(s3_env, tiny_model_dir, c
             "--max-decoding-length", "30", "--beam-size", "1"]
     done = _cli(s3_env, *args)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # stdout is for machines (empty without --json); people get one progress line and a summary on stderr
+    assert done.stdout == "" and "300/300 rows (100%)" in done.stderr and "300 rows, 3 errors" in done.stderr, done.stderr[-3000:]
     out = pq.read_table("bkt/out", filesystem=s3)  # the output prefix reads as a dataset as it is
     assert out.num_rows == 300 and sorted(out.column("keep").to_pylist()) == list(range(300))
     assert sorted(out.column("row_id").to_pylist())[:2] == ["day=1/part-0.parquet#0", "day=1/part-0.parquet#1"]
@@ -42,8 +44,9 @@ def test_translate_s3_in_s3_out_then_resume_and_report(s3_env, tiny_model_dir, c
         run = json.loads(f.read())
     assert run["status"] == "complete" and run["rows"] == 300 and s3.get_file_info("bkt/out/_SUCCESS").is_file
     assert s3.get_file_info("bkt/out/_lease.json").type == pafs.FileType.NotFound  # released
-    again = _cli(s3_env, *args, "--resume")
-    assert again.returncode == 0 and "nothing to do" in again.stdout + again.stderr
+    again = _cli(s3_env, *args, "--resume", "--json")
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert json.loads(again.stdout)["rows"] == 300  # --json: the run's summary, and nothing else, on stdout
     report = _cli(s3_env, "report", "s3://bkt/out/", "--html", str(tmp_path / "page.html"))
     assert report.returncode == 0, report.stdout + report.stderr
     assert "complete" in report.stdout and "300" in report.stdout and (tmp_path / "page.html").stat().st_size > 5000
@@ -92,6 +95,6 @@ def test_a_run_killed_mid_write_to_s3_resumes_exactly_once(s3_env, tiny_model_di
     assert 2 <= len(before) < 10, "the kill should land mid-run"
     done = _cli(s3_env, *args[3:], "--resume")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert f"{len(before)} already committed" in done.stdout
+    assert f"{len(before)} already committed" in done.stderr
     out = pq.read_table("kill/out", filesystem=s3)
     assert out.num_rows == 300 and sorted(out.column("keep").to_pylist()) == list(range(300))
