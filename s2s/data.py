@@ -54,6 +54,8 @@ def read_table(path: str | Path, columns: list[str]) -> pa.Table:
 
     from s2s.output import filesystem
 
+    columns = list(dict.fromkeys(columns))  # the same column on both sides is read once
+
     try:
         fs, where = filesystem(str(path))
         info = fs.get_file_info(where)

@@ -378,6 +378,13 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     ctx = ray.train.get_context()
+    # Ray Train logs "Reporting training result N: TrainingReport(...)" from every rank at each report, and
+    # "Checkpoint successfully created" after it; its loggers are named by their file (Ray 2.60, private)
+    from ray.train.v2._internal.execution import context, storage
+
+    for module in (context, storage):
+        for name in (module.__name__, module.__file__):
+            logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(config["threads"])
     print(f"worker {ctx.get_world_rank()} of {ctx.get_world_size()} on node {ray.get_runtime_context().get_node_id()[:12]}, "
           f"{config['threads']} thread(s)", flush=True)
@@ -444,6 +451,9 @@ def train(cfg: TrainConfig) -> dict:
     print(f"training {model_cfg} on {cfg.workers} worker(s), {'GPU/nccl' if use_gpu else 'CPU/gloo'}, "
           f"{per_worker:g} CPU and {threads} thread(s) each; run dir {run}", flush=True)
     fs, storage = filesystem(run)
+    # Ray Train 2.60 sends a worker's print() both to the driver and to its logger, and each line shows twice;
+    # Ray Train passes this variable on to its workers
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "threads": threads},
