@@ -29,6 +29,7 @@ from s2s.cluster import init_ray, is_head, node_shapes, work_resources
 from s2s.data import BUNDLED_DATA, DataError, load_pairs, pad_batch, split_pairs, token_batches
 from s2s.evaluate import corpus_scores
 from s2s.model import ModelConfig, Seq2Seq, sequence_loss, shift_target
+from s2s.progress import duration
 from s2s.run_dir import CHECKPOINT_FILE, CONFIG_FILE, EXPERIMENT, LOGS, PREPARED, is_remote, publish, run_config, working_copy
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_sentencepiece, train_sentencepiece
 from s2s.translator import DecodeConfig, TorchEngine, Translator
@@ -298,6 +299,7 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
                 f.write(json.dumps(record) + "\n")
 
     t_start = time.time() - state["train_seconds"]
+    t_loop, started_at = time.time(), state["step"]  # this process's pace, for the time left
     t_ckpt = time.time()
     last: dict = {}
     stop = False
@@ -322,8 +324,14 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
                         "ppl": round(math.exp(min(nll_sum / toks, 50)), 2), "lr": scheduler.get_last_lr()[0],
                         "tokens_per_s": round(toks / (time.time() - t_int)), "elapsed_s": round(elapsed, 1)}
                 if rank == 0:
+                    # time left: the steps still to do at this pace, or the --max-minutes bound, whichever comes first
+                    steps_done_now = state["step"] - started_at
+                    left = (total_steps - state["step"]) * (time.time() - t_loop) / max(1, steps_done_now)
+                    if cfg.max_minutes:
+                        left = min(left, cfg.max_minutes * 60 - elapsed)
                     print(f"epoch {last['epoch']} step {last['step']}/{total_steps} loss {last['loss']:.3f} ppl {last['ppl']:.1f} "
-                          f"lr {last['lr']:.2e} {last['tokens_per_s']} tok/s elapsed {elapsed / 60:.1f} min", flush=True)
+                          f"lr {last['lr']:.2e} {last['tokens_per_s']} tok/s elapsed {duration(elapsed)}, "
+                          f"about {duration(left)} left", flush=True)
                 log_line(last)
                 acc, t_int = [0.0, 0.0, 0.0], time.time()
             out_of_time = bool(cfg.max_minutes) and time.time() - t_start > cfg.max_minutes * 60
