@@ -37,18 +37,19 @@ def train(
     workers: Annotated[int, typer.Option(help="Ray Train workers (DDP processes); more than the CPUs is allowed.")] = 2,
     cpus: Annotated[float, typer.Option(help="CPUs the workers share (0: all the Ray cluster has).")] = 0,
     gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="Force GPUs (nccl) or CPUs (gloo); default: GPUs when Ray has them.")] = None,
-    src_vocab_size: Annotated[int, typer.Option(help="Source SentencePiece vocabulary.")] = 8000,
-    tgt_vocab_size: Annotated[int, typer.Option(help="Target SentencePiece vocabulary.")] = 8000,
+    src_vocab_size: Annotated[int, typer.Option(help="Source SentencePiece vocabulary.")] = 4000,
+    tgt_vocab_size: Annotated[int, typer.Option(help="Target SentencePiece vocabulary.")] = 4000,
     emb_dim: Annotated[int, typer.Option(help="Embedding size.")] = 256,
     hidden_size: Annotated[int, typer.Option(help="LSTM hidden size (encoder output, decoder state).")] = 512,
     encoder_layers: Annotated[int, typer.Option(help="Bidirectional encoder layers.")] = 1,
     decoder_layers: Annotated[int, typer.Option(help="Decoder LSTM layers.")] = 1,
     dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.2,
     batch_tokens: Annotated[int, typer.Option(help="Tokens per step, all workers together (rows x longer side, padded).")] = 6000,
-    lr: Annotated[float, typer.Option(help="Adam peak learning rate.")] = 2e-3,
+    lr: Annotated[float, typer.Option(help="Adam peak learning rate.")] = 3e-3,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 300,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.1,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 6,
+    average_last: Annotated[float, typer.Option(help="Average the weights over this last share of the run (0: off).")] = 0.2,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (the time bound usually ends a run first).")] = 12,
     max_steps: Annotated[int, typer.Option(help="Stop after this many steps (0: no bound).")] = 0,
     max_minutes: Annotated[float, typer.Option(help="Stop training after this many minutes (0: no bound).")] = 50.0,
     patience: Annotated[int, typer.Option(help="Early stop after this many epochs without better valid BLEU (0: never).")] = 3,
@@ -67,7 +68,7 @@ def train(
                             encoder_layers=encoder_layers, decoder_layers=decoder_layers, dropout=dropout)
         cfg = TrainConfig(run_dir=run_dir, data=data, source_column=source_column, target_column=target_column, model=model,
                           workers=workers, cpus=cpus, use_gpu=gpu, batch_tokens=batch_tokens, lr=lr, warmup_steps=warmup_steps,
-                          label_smoothing=label_smoothing, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
+                          label_smoothing=label_smoothing, average_last=average_last, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
                           patience=patience, log_every=log_every, bf16=bf16, seed=seed, resume=resume)
         summary = run_training(cfg)
     except (ValueError, FileExistsError, FileNotFoundError) as e:  # DataError is a ValueError

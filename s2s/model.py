@@ -18,8 +18,8 @@ from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 @dataclass(frozen=True)
 class ModelConfig:
-    src_vocab_size: int = 8000  # source SentencePiece vocabulary
-    tgt_vocab_size: int = 8000  # target SentencePiece vocabulary
+    src_vocab_size: int = 4000  # source SentencePiece vocabulary
+    tgt_vocab_size: int = 4000  # target SentencePiece vocabulary
     emb_dim: int = 256  # token embedding size, both sides
     hidden_size: int = 512  # decoder state and encoder output width (each encoder direction gets half)
     encoder_layers: int = 1  # stacked bidirectional LSTM layers

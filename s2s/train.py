@@ -51,12 +51,13 @@ class TrainConfig:
     test_frac: float = 0.02  # ... and for the test split
     max_len: int = 80  # training pairs with more subwords on either side are skipped (counted)
     batch_tokens: int = 6000  # per optimizer step over all workers: rows x longer side, padded
-    lr: float = 2e-3  # Adam peak learning rate
-    warmup_steps: int = 300  # linear warm-up, then linear decay to lr * min_lr_ratio at the last step
-    min_lr_ratio: float = 0.1
+    lr: float = 3e-3  # Adam peak learning rate
+    warmup_steps: int = 300  # linear warm-up, then linear decay to lr * min_lr_ratio at the end of the run ...
+    min_lr_ratio: float = 0.1  # ... the end being the step bound or the time bound, whichever comes first
+    average_last: float = 0.2  # average the weights over this last share of the run (checkpoint averaging); 0: off
     clip_norm: float = 1.0  # gradient clipping (global L2 norm)
     label_smoothing: float = 0.1
-    epochs: int = 6  # upper bound on passes over the train split
+    epochs: int = 12  # upper bound on passes over the train split
     max_steps: int = 0  # stop after this many optimizer steps (0: no bound)
     max_minutes: float = 50.0  # stop training after this many minutes of the loop (0: no bound)
     patience: int = 3  # stop after this many epochs without a better valid BLEU (0: never)
@@ -76,6 +77,8 @@ class TrainConfig:
         for name in ("lr", "max_len", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.average_last < 1:
+            raise ValueError(f"average_last must be in [0, 1), got {self.average_last}")
         if self.epochs < 1 or self.max_steps < 0 or self.max_minutes < 0 or self.patience < 0:
             raise ValueError("epochs must be >= 1; max_steps, max_minutes and patience >= 0")
 
@@ -83,7 +86,7 @@ class TrainConfig:
 # ---------------------------------------------------------------- data preparation (driver, once per run)
 
 
-def prepare(cfg: TrainConfig, vocab_sizes: tuple[int, int] = (8000, 8000)) -> ModelConfig:
+def prepare(cfg: TrainConfig) -> ModelConfig:
     """Split, train tokenizers, tokenize; write it all under run_dir. Reused as is when resuming.
 
     A remote run is prepared in a local folder, then uploaded with config.json last."""
@@ -98,8 +101,8 @@ def prepare(cfg: TrainConfig, vocab_sizes: tuple[int, int] = (8000, 8000)) -> Mo
     splits = split_pairs(pairs, cfg.valid_frac, cfg.test_frac)
     if not splits.valid or not splits.test:
         raise DataError(f"{cfg.data}: too few distinct source sentences ({len(set(pairs.src))}) for a valid and a test split")
-    src_sp = load_sentencepiece(train_sentencepiece(splits.train.src, run / "src.model", vocab_sizes[0]))
-    tgt_sp = load_sentencepiece(train_sentencepiece(splits.train.tgt, run / "tgt.model", vocab_sizes[1]))
+    src_sp = load_sentencepiece(train_sentencepiece(splits.train.src, run / "src.model", cfg.model.src_vocab_size))
+    tgt_sp = load_sentencepiece(train_sentencepiece(splits.train.tgt, run / "tgt.model", cfg.model.tgt_vocab_size))
     src_ids = src_sp.encode(splits.train.src)
     tgt_ids = tgt_sp.encode(splits.train.tgt)
     keep = [i for i in range(len(src_ids)) if len(src_ids[i]) + 1 <= cfg.max_len and len(tgt_ids[i]) + 2 <= cfg.max_len]
@@ -161,13 +164,47 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, src: to
     return float(loss.detach()), float(nll), n
 
 
-def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        frac = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-        return max(cfg.min_lr_ratio, 1.0 - (1.0 - cfg.min_lr_ratio) * frac)
-    return f
+def run_progress(cfg: TrainConfig, step: int, total_steps: int, seconds: float) -> float:
+    """How far the run is, 0 to 1: by steps or by the time bound, whichever is further.
+
+    The schedule follows this rather than the step count alone, so that a run stopped by --max-minutes
+    (the usual case on CPUs) still ends annealed, however fast the machine is.
+    """
+    by_steps = step / max(1, total_steps)
+    by_time = seconds / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0
+    return min(1.0, max(by_steps, by_time))
+
+
+def lr_factor(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over the first steps, then linear decay to min_lr_ratio as progress goes to 1."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    return max(cfg.min_lr_ratio, 1.0 - (1.0 - cfg.min_lr_ratio) * progress)
+
+
+class WeightAverage:
+    """A running mean of the model's weights: Marian's and fairseq's checkpoint averaging, kept in memory.
+
+    Snapshots taken every few steps over the last `average_last` share of a run are averaged with equal
+    weight; the average usually validates better than the last weights.
+    """
+
+    def __init__(self, state: dict | None = None):
+        self.count = state["count"] if state else 0
+        self.weights = state["weights"] if state else {}
+
+    def add(self, model: torch.nn.Module) -> None:
+        self.count += 1
+        with torch.no_grad():
+            for name, value in model.state_dict().items():
+                value = value.detach().float()
+                if name not in self.weights:
+                    self.weights[name] = value.clone()
+                else:
+                    self.weights[name] += (value - self.weights[name]) / self.count
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "weights": self.weights}
 
 
 # ---------------------------------------------------------------- the loop every worker runs
@@ -180,13 +217,13 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _agree(flags: list[bool], device: torch.device) -> list[bool]:
-    """Rank 0's decisions, shared by every worker (a stop or a checkpoint must happen at the same step everywhere)."""
+def _agree(values: list[float], device: torch.device) -> list[float]:
+    """Rank 0's values, shared by every worker (a stop, a checkpoint or the learning rate must be the same everywhere)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return flags
-    t = torch.tensor([1 if f else 0 for f in flags], device=device)
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.broadcast(t, 0)
-    return [bool(x) for x in t.tolist()]
+    return t.tolist()
 
 
 def _load_ids(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -249,6 +286,7 @@ def _cpu_copy(model: Seq2Seq) -> Seq2Seq:
 
 
 Save = Callable[[dict, dict | None], None]
+AVERAGE_EVERY = 10  # steps between the snapshots that checkpoint averaging takes
 
 
 def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 0, world: int = 1,
@@ -271,26 +309,30 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
     per_worker_tokens = cfg.batch_tokens // world  # batch_tokens is the whole step, over all workers
     steps_per_epoch = len(token_batches(src_lens, tgt_lens, per_worker_tokens, cfg.seed, world)) // world
     total_steps = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
     bf16 = cfg.bf16 if cfg.bf16 is not None else (device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
     state = {"epoch": 0, "batch": 0, "step": 0, "best_bleu": -1.0, "bad_epochs": 0, "train_seconds": 0.0}
+    average = WeightAverage()
     if restored is not None:
-        model.load_state_dict(restored["model"])
+        model.load_state_dict(restored.get("train_model", restored["model"]))  # an averaged checkpoint keeps the trained weights apart
         optimizer.load_state_dict(restored["optimizer"])
-        scheduler.load_state_dict(restored["scheduler"])
+        average = WeightAverage(restored.get("average"))
         state = restored["state"]
         # every rank seeds alike, so rank 0's state is everyone's: dropout continues as if never stopped
         torch.set_rng_state(restored["rng"])
         if rank == 0:
             print(f"resumed at epoch {state['epoch']} batch {state['batch']} step {state['step']}", flush=True)
 
-    def checkpoint(score: float, record: dict | None = None) -> None:
+    def checkpoint(score: float, record: dict | None = None, weights: dict | None = None) -> None:
+        """Report to Ray; `weights`, when given, are what the score is for (the average), kept as "model"."""
         metrics = {"score": score, "step": state["step"], "epoch": state["epoch"],
                    **{k: v for k, v in (record or {}).items() if isinstance(v, (int, float))}}
-        kept = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "state": dict(state), "model_config": dataclasses.asdict(model_cfg), "metrics": record,
-                "rng": torch.get_rng_state()} if rank == 0 else None
+        kept = None
+        if rank == 0:
+            kept = {"model": weights or model.state_dict(), "optimizer": optimizer.state_dict(), "average": average.state_dict(),
+                    "state": dict(state), "model_config": dataclasses.asdict(model_cfg), "metrics": record, "rng": torch.get_rng_state()}
+            if weights is not None:
+                kept["train_model"] = model.state_dict()
         save(metrics, kept)
 
     def log_line(record: dict) -> None:
@@ -303,6 +345,9 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
     t_ckpt = time.time()
     last: dict = {}
     stop = False
+    progress = run_progress(cfg, state["step"], total_steps, state["train_seconds"])
+    if progress < 1 - cfg.average_last:
+        average = WeightAverage()  # resumed with a longer bound: the snapshots taken so far are no longer the last ones
     model.train()
     while state["epoch"] < cfg.epochs and not stop:
         batches = token_batches(src_lens, tgt_lens, per_worker_tokens, cfg.seed + state["epoch"], world)[rank::world]
@@ -312,8 +357,9 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
             b = batches[state["batch"]]
             s, sl = pad_batch([src[i] for i in b], PAD_ID)
             t, _ = pad_batch([tgt[i] for i in b], PAD_ID)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * lr_factor(cfg, state["step"], progress)
             loss, nll, n = train_step(ddp, optimizer, s.to(device), sl.to(device), t.to(device), cfg.label_smoothing, cfg.clip_norm, bf16)
-            scheduler.step()
             state["batch"] += 1
             state["step"] += 1
             acc = [acc[0] + loss, acc[1] + nll, acc[2] + n]
@@ -321,7 +367,7 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
                 loss_sum, nll_sum, toks = _all_sum(acc, device)
                 elapsed = time.time() - t_start
                 last = {"kind": "train", "epoch": state["epoch"] + 1, "step": state["step"], "loss": round(loss_sum / toks, 4),
-                        "ppl": round(math.exp(min(nll_sum / toks, 50)), 2), "lr": scheduler.get_last_lr()[0],
+                        "ppl": round(math.exp(min(nll_sum / toks, 50)), 2), "lr": optimizer.param_groups[0]["lr"],
                         "tokens_per_s": round(toks / (time.time() - t_int)), "elapsed_s": round(elapsed, 1)}
                 if rank == 0:
                     # time left: the steps still to do at this pace, or the --max-minutes bound, whichever comes first
@@ -335,8 +381,11 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
                 log_line(last)
                 acc, t_int = [0.0, 0.0, 0.0], time.time()
             out_of_time = bool(cfg.max_minutes) and time.time() - t_start > cfg.max_minutes * 60
-            stop, due = _agree([bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time,
-                                time.time() - t_ckpt > cfg.checkpoint_minutes * 60], device)
+            stop, due, progress = _agree([bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time,
+                                          time.time() - t_ckpt > cfg.checkpoint_minutes * 60,
+                                          run_progress(cfg, state["step"], total_steps, time.time() - t_start)], device)
+            if cfg.average_last and progress >= 1 - cfg.average_last and state["step"] % AVERAGE_EVERY == 0:
+                average.add(model)
             if stop:
                 break
             if due:
@@ -374,6 +423,23 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
             if rank == 0:
                 print(f"early stop: no better valid BLEU for {cfg.patience} epochs", flush=True)
             break
+    if average.count >= 2:
+        # the average of the last snapshots, validated like an epoch and kept by Ray if it scores best
+        trained = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(average.weights)
+        metrics = validate(model, run, rank, world, device, cfg.batch_tokens)
+        metrics.pop("samples")
+        model.load_state_dict(trained)
+        improved = metrics["valid_bleu"] > state["best_bleu"]
+        state["best_bleu"] = max(state["best_bleu"], metrics["valid_bleu"])
+        record = {"kind": "average", "epoch": state["epoch"], "step": state["step"], "snapshots": average.count,
+                  "elapsed_s": round(time.time() - t_start, 1), **metrics, "best_bleu": state["best_bleu"]}
+        log_line(record)
+        if rank == 0:
+            print(f"average of the last {average.count} snapshots: loss {metrics['valid_loss']:.3f} BLEU {metrics['valid_bleu']:.2f} "
+                  f"chrF {metrics['valid_chrf']:.2f}{' (best)' if improved else ''}", flush=True)
+            publish(run, cfg.run_dir, LOGS)
+        checkpoint(metrics["valid_bleu"], record, weights=average.weights)
     return {"best_bleu": state["best_bleu"], "epoch": state["epoch"], "step": state["step"], "train_seconds": round(state["train_seconds"], 1)}
 
 
@@ -409,7 +475,7 @@ def train_loop_per_worker(config: dict) -> None:
             return
         with tempfile.TemporaryDirectory(prefix="s2s-ckpt-") as folder:
             torch.save(checkpoint, Path(folder) / CHECKPOINT_FILE)
-            kind = "epoch" if metrics["score"] >= 0 else "mid"
+            kind = "avg" if metrics.get("snapshots") else "epoch" if metrics["score"] >= 0 else "mid"
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                              checkpoint_dir_name=f"checkpoint_{metrics['step']:08d}_{kind}")
 
@@ -450,7 +516,7 @@ def train(cfg: TrainConfig) -> dict:
 
     run = cfg.run_dir.rstrip("/") if is_remote(cfg.run_dir) else str(Path(cfg.run_dir).resolve())
     cfg = dataclasses.replace(cfg, run_dir=run)
-    model_cfg = prepare(cfg, (cfg.model.src_vocab_size, cfg.model.tgt_vocab_size))
+    model_cfg = prepare(cfg)
     init_ray(dashboard=True)  # Ray Train polls the state API, which the dashboard process serves
     alive, addable = node_shapes()
     use_gpu = use_gpus(cfg, alive + addable)

@@ -32,9 +32,9 @@ def test_train_stop_after_epoch_one_then_resume(small_corpus, tmp_path, ray_loca
     train(TrainConfig(epochs=2, resume=True, **base))
     second = torch.load(checkpoint_file(run, "last"), weights_only=False)
     assert second["state"]["epoch"] == 2 and second["state"]["step"] == 2 * steps_1
-    # the optimizer continued: Adam's step counter and the schedule count both epochs
+    # the optimizer continued: Adam's step counter counts both epochs
     adam_steps = {int(s["step"]) for s in second["optimizer"]["state"].values()}
-    assert adam_steps == {2 * steps_1} and second["scheduler"]["last_epoch"] == 2 * steps_1
+    assert adam_steps == {2 * steps_1}
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     train_losses = [x["loss"] for x in lines if x["kind"] == "train"]
     epochs = [x for x in lines if x["kind"] == "epoch"]
