@@ -25,6 +25,7 @@ from s2s.evaluate import corpus_scores, load_model
 from s2s.export.graphs import DECODER_STATE, DECODER_STEP, ENCODER, DecoderState, DecoderStep, Encoder, example_inputs, export_graph
 from s2s.export.parity import parity_gate
 from s2s.export.vmap import VMAP_FILE, build_vmap
+from s2s.output import absolute, is_uri
 from s2s.export.runtime import FORMAT, MANIFEST, ModelDir, OrtEngine, library_versions, sha256
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, load_sentencepiece
 from s2s.translator import DecodeConfig, TorchEngine, Translator, pad_ids
@@ -124,7 +125,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
     from s2s.run_dir import checkpoint_file, working_copy
 
     run = working_copy(run_dir)
-    if "://" in str(out):
+    if is_uri(out):
         remote, out = str(out).rstrip("/"), Path(tempfile.mkdtemp(prefix="s2s-export-")) / "model"
         if _remote_model_exists(remote) and not cfg.overwrite:
             raise FileExistsError(f"{remote}: already holds a model. Pass --overwrite or choose another --out.")
@@ -139,7 +140,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
         raise FileExistsError(f"{out}: already exists and is not empty. Pass --overwrite or choose another --out.")
 
     # load
-    model, ckpt = load_model(checkpoint_file(run_dir, cfg.checkpoint))
+    model, ckpt = load_model(checkpoint_file(run_dir, cfg.checkpoint, run))
     src_sp, tgt_sp = load_sentencepiece(run / "src.model"), load_sentencepiece(run / "tgt.model")
     valid = pq.read_table(run / "data" / "valid.parquet").to_pylist()
 
@@ -163,7 +164,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
             "vocab_sizes": {"src": src_sp.get_piece_size(), "tgt": tgt_sp.get_piece_size()},
             "limits": {"max_input_tokens": cfg.max_input_tokens, "max_decoding_length": cfg.max_decoding_length},
             "model_config": dataclasses.asdict(model.cfg),
-            "training": {"run_dir": str(run_dir) if "://" in str(run_dir) else str(Path(run_dir).resolve()), "checkpoint": cfg.checkpoint, "metrics": ckpt.get("metrics"),
+            "training": {"run_dir": absolute(run_dir), "checkpoint": cfg.checkpoint, "metrics": ckpt.get("metrics"),
                          "state": ckpt.get("state")},
             "exporter": cfg.exporter,
             "opset": cfg.opset,

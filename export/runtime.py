@@ -6,12 +6,12 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from s2s.output import build_folder_once, filesystem, is_uri
 from s2s.search import State
 from s2s.tokenizer import load_sentencepiece
 from s2s.translator import DecodeConfig, Translator
@@ -70,8 +70,6 @@ def fetch_model_dir(uri: str) -> Path:
     """
     import pyarrow.fs as pafs
 
-    from s2s.output import filesystem
-
     fs, base = filesystem(uri.rstrip("/"))
     try:
         with fs.open_input_stream(f"{base}/{MANIFEST}") as f:
@@ -86,23 +84,21 @@ def fetch_model_dir(uri: str) -> Path:
         names = list(json.loads(raw)["files"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ModelDirError(f"{uri.rstrip('/')}/{MANIFEST}: not an s2s-job manifest ({e}).") from e
-    tmp = cache / f".{target.name}-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        pafs.copy_files(f"{base}/{name}", str(tmp / name), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    (tmp / MANIFEST).write_bytes(raw)  # last: a copy with a manifest is whole
-    try:
-        tmp.rename(target)
-    except OSError:  # another process on this machine finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    def fetch(folder: Path) -> None:
+        for name in names:
+            pafs.copy_files(f"{base}/{name}", str(folder / name), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        (folder / MANIFEST).write_bytes(raw)
+
+    cache.mkdir(parents=True, exist_ok=True)
+    return build_folder_once(target, fetch)
 
 
 def load_model_dir(path: str | Path, verify: bool = True) -> ModelDir:
     """Read manifest.json and check every file's SHA-256; raise ModelDirError naming what is wrong.
 
     `path` may be a URI (s3://, gs://): the directory is then fetched into a local cache first."""
-    path = fetch_model_dir(path) if "://" in str(path) else Path(path)
+    path = fetch_model_dir(path) if is_uri(path) else Path(path)
     hint = "Export one with `s2s-job export RUN_DIR --out MODEL_DIR`."
     if not path.is_dir():
         raise ModelDirError(f"{path}: no such model directory. {hint}")

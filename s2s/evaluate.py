@@ -53,7 +53,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", decode: DecodeConfig 
     if split not in ("valid", "test"):
         raise ValueError(f"split must be valid or test, got {split!r}")
     decode = decode or DecodeConfig()
-    model, ckpt = load_model(checkpoint_file(run_dir, checkpoint))
+    model, ckpt = load_model(checkpoint_file(run_dir, checkpoint, run))
     rows = pq.read_table(run / "data" / f"{split}.parquet").to_pylist()
     translator = Translator(TorchEngine(model), load_sentencepiece(run / "src.model"), load_sentencepiece(run / "tgt.model"), decode)
     t0 = time.time()

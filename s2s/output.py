@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -40,11 +41,39 @@ class LeaseHeld(RuntimeError):
     """Another live run owns the output folder."""
 
 
+def is_uri(path: str | Path) -> bool:
+    """A URI (s3://, gs://) rather than a local path."""
+    return "://" in str(path)
+
+
+def absolute(path: str | Path) -> str:
+    """A URI as it is, a local path made absolute: how a run or model is named in what we record."""
+    return str(path) if is_uri(path) else str(Path(path).resolve())
+
+
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem for a local path or a URI (s3://, gs://), and the path within it."""
-    if "://" in path:
+    if is_uri(path):
         return pafs.FileSystem.from_uri(path)
     return pafs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def build_folder_once(target: Path, fill: Callable[[Path], None]) -> Path:
+    """`target`, filled by `fill(folder)` under a temporary name and renamed, unless it is there already.
+
+    Processes on one machine that build the same folder at once (the actors or training workers of a
+    node fetching a model or a run) never see half of it: the first rename wins, the others' copies go.
+    """
+    if target.exists():
+        return target
+    tmp = target.parent / f".{target.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    fill(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def write_durably(fs: pafs.FileSystem, path: str, write: Callable[[Any], None]) -> None:

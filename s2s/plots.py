@@ -13,9 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """The (train interval, epoch) records of a run's metrics.jsonl, by step.
+    """The (train interval, validation) records of a run's metrics.jsonl, by step.
 
-    A resumed run logs again the steps it redoes after its last checkpoint; the later record wins.
+    Validation records are the epochs' and, last, the weight average's ("kind": "average"). A resumed
+    run logs again the steps it redoes after its last checkpoint; the later record wins.
     """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
@@ -26,7 +27,8 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
             r = json.loads(line)
             by_step[(r["kind"], r["step"])] = r
     records = sorted(by_step.values(), key=lambda r: r["step"])
-    return [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "epoch"]
+    return ([r for r in records if r["kind"] == "train"],
+            [r for r in records if r["kind"] == "epoch"] + [r for r in records if r["kind"] == "average"])
 
 
 def plot_attention(matrix, src_pieces: list[str], tgt_pieces: list[str], out: str | Path, title: str = "") -> Path:
@@ -64,31 +66,48 @@ def draw_translation_attention(translator, text: str, translation, out: str | Pa
     return plot_attention(matrix, src, tgt, out, f"{text}\n→ {translation.translation}")
 
 
-def plot_curves(run_dirs: list[str | Path], out: str | Path | IO[bytes]) -> str | Path | IO[bytes]:
-    """Train/valid loss, valid BLEU and chrF, and tokens/s against steps; several runs overlaid."""
+X_AXES = {"step": "optimizer step", "minutes": "training minutes (wall clock)"}
+
+
+def plot_curves(run_dirs: list[str | Path], out: str | Path | IO[bytes], x: str = "step") -> str | Path | IO[bytes]:
+    """Train/valid loss, valid BLEU and chrF, and tokens/s against steps or minutes; several runs overlaid.
+
+    Against minutes, runs made on the same machine compare as BLEU per CPU-minute. A star marks the
+    validation of the weight average at the end of a run.
+    """
+    if x not in X_AXES:
+        raise ValueError(f"x must be one of {sorted(X_AXES)}, got {x!r}")
+
+    def at(r: dict) -> float:
+        return r["step"] if x == "step" else r["elapsed_s"] / 60
+
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
     (ax_loss, ax_bleu), (ax_chrf, ax_speed) = axes
     for run in run_dirs:
-        train, epochs = read_metrics(run)
+        train, validations = read_metrics(run)
+        epochs = [r for r in validations if r["kind"] == "epoch"]
+        averages = [r for r in validations if r["kind"] == "average"]
         name = Path(run).name
         if train:
-            steps = [r["step"] for r in train]
-            line, = ax_loss.plot(steps, [r["loss"] for r in train], label=f"{name} train", alpha=0.8)
-            ax_speed.plot(steps, [r["tokens_per_s"] for r in train], label=name, color=line.get_color())
+            line, = ax_loss.plot([at(r) for r in train], [r["loss"] for r in train], label=f"{name} train", alpha=0.8)
+            ax_speed.plot([at(r) for r in train], [r["tokens_per_s"] for r in train], label=name, color=line.get_color())
             color = line.get_color()
         else:
             color = None
         if epochs:
-            e_steps = [r["step"] for r in epochs]
-            ax_loss.plot(e_steps, [r["valid_loss"] for r in epochs], "o--", color=color, label=f"{name} valid")
-            ax_bleu.plot(e_steps, [r["valid_bleu"] for r in epochs], "o-", color=color, label=name)
-            ax_chrf.plot(e_steps, [r["valid_chrf"] for r in epochs], "o-", color=color, label=name)
+            xs = [at(r) for r in epochs]
+            ax_loss.plot(xs, [r["valid_loss"] for r in epochs], "o--", color=color, label=f"{name} valid")
+            ax_bleu.plot(xs, [r["valid_bleu"] for r in epochs], "o-", color=color, label=name)
+            ax_chrf.plot(xs, [r["valid_chrf"] for r in epochs], "o-", color=color, label=name)
+        for r in averages:
+            ax_bleu.plot([at(r)], [r["valid_bleu"]], "*", markersize=12, color=color, label=f"{name} averaged")
+            ax_chrf.plot([at(r)], [r["valid_chrf"]], "*", markersize=12, color=color)
     for ax, title, ylabel in ((ax_loss, "Loss (train: label-smoothed; valid: NLL)", "loss per token"),
                               (ax_bleu, "Valid BLEU (greedy, multi-reference)", "BLEU"),
                               (ax_chrf, "Valid chrF", "chrF"),
                               (ax_speed, "Training throughput", "target tokens/s")):
         ax.set_title(title)
-        ax.set_xlabel("optimizer step")
+        ax.set_xlabel(X_AXES[x])
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -19,23 +19,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from s2s.output import filesystem, read_json, write_durably
+from s2s.output import build_folder_once, filesystem, is_uri, read_json, write_durably
 
 CONFIG_FILE = "config.json"
 EXPERIMENT = "train"  # RunConfig.name: Ray Train's folder inside the run
 CHECKPOINT_FILE = "checkpoint.pt"
 PREPARED = ("src.model", "tgt.model", "data/train.parquet", "data/valid.parquet", "data/test.parquet", "data/valid_pairs.parquet")
 LOGS = ("metrics.jsonl", "curves.png", "eval.json")  # rewritten as the run goes: fetched again on every working_copy
-
-
-def is_remote(run: str | Path) -> bool:
-    return "://" in str(run)
 
 
 def run_config(run: str | Path) -> dict | None:
@@ -61,7 +55,7 @@ def _copy(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) 
 
 def publish(local: Path, run: str, names: tuple[str, ...] | list[str]) -> None:
     """Upload these files of a working copy to a remote run (the ones that exist); a local run is its own copy."""
-    if not is_remote(run):
+    if not is_uri(run):
         return
     fs, base = filesystem(run.rstrip("/"))
     for name in names:
@@ -71,7 +65,7 @@ def publish(local: Path, run: str, names: tuple[str, ...] | list[str]) -> None:
 
 def working_copy(run: str | Path) -> Path:
     """A local folder holding the run's prepared files and its latest logs (see the module docstring)."""
-    if not is_remote(run):
+    if not is_uri(run):
         path = Path(run)
         if not (path / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{path}: not a training run directory (no {CONFIG_FILE}). Pass the --run-dir given to train.")
@@ -85,25 +79,23 @@ def working_copy(run: str | Path) -> Path:
         raise FileNotFoundError(f"{run}/{CONFIG_FILE}: cannot be read ({e}); {run} is not a training run. "
                                 "Pass the --run-dir given to train.") from e
     target = _cache_root() / hashlib.sha256(run.encode() + b"\0" + config).hexdigest()[:24]
-    if not (target / CONFIG_FILE).is_file():
-        tmp = target.parent / f".{target.name}-{uuid.uuid4().hex[:8]}"
+
+    def fetch(folder: Path) -> None:
         for name in PREPARED:
-            _copy(fs, f"{base}/{name}", pafs.LocalFileSystem(), str(tmp / name))
-        (tmp / CONFIG_FILE).write_bytes(config)  # last: a copy with its config is whole
-        try:
-            tmp.rename(target)
-        except OSError:  # another worker on this machine finished first
-            shutil.rmtree(tmp, ignore_errors=True)
+            _copy(fs, f"{base}/{name}", pafs.LocalFileSystem(), str(folder / name))
+        (folder / CONFIG_FILE).write_bytes(config)
+
+    build_folder_once(target, fetch)
     for name in LOGS:
         if fs.get_file_info(f"{base}/{name}").type == pafs.FileType.File:
             _copy(fs, f"{base}/{name}", pafs.LocalFileSystem(), str(target / name))
     return target
 
 
-def checkpoint_file(run: str | Path, which: str = "best") -> Path:
+def checkpoint_file(run: str | Path, which: str = "best", local: Path | None = None) -> Path:
     """A local path to checkpoint.pt of the run's best (highest `score`: valid BLEU) or last checkpoint.
 
-    A remote checkpoint is downloaded next to the run's working copy, once."""
+    A remote checkpoint is downloaded once, into the run's working copy (`local`, when the caller has it)."""
     from ray.train import Result
 
     if which not in ("best", "last"):
@@ -126,14 +118,7 @@ def checkpoint_file(run: str | Path, which: str = "best") -> Path:
         chosen = max(result.best_checkpoints or [], key=lambda cm: (cm[1].get("score", -1.0), cm[1].get("step", 0)), default=(None,))[0]
     if chosen is None:
         raise FileNotFoundError(f"{run}: Ray Train recorded no checkpoint. Train first, or resume the run.")
-    if not is_remote(run):
+    if not is_uri(run):
         return Path(chosen.path) / CHECKPOINT_FILE
-    target = working_copy(run) / "checkpoints" / Path(chosen.path).name
-    if not (target / CHECKPOINT_FILE).is_file():
-        tmp = target.parent / f".{target.name}-{uuid.uuid4().hex[:8]}"
-        chosen.to_directory(str(tmp))
-        try:
-            tmp.rename(target)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target / CHECKPOINT_FILE
+    target = (local or working_copy(run)) / "checkpoints" / Path(chosen.path).name
+    return build_folder_once(target, lambda folder: chosen.to_directory(str(folder))) / CHECKPOINT_FILE

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from s2s.cluster import init_ray, is_head, node_shapes, work_resources
 from s2s.export.runtime import choose_providers, library_versions
 from s2s.output import (ATTEMPTS_DIR, JOB_FILE, LEASE_FILE, RUN_FILE, STATS_KEY, SUCCESS_FILE, TMP_PREFIX, Lease, LeaseHeld,
-                        delete_if_present, filesystem, read_json, write_durably, write_json)
+                        absolute, delete_if_present, filesystem, is_uri, read_json, write_durably, write_json)
 from s2s.progress import Progress, say
 from s2s.quality import QualityCounts, as_references
 from s2s.translator import DecodeConfig, Translation
@@ -126,7 +126,7 @@ def list_inputs(spec: str) -> tuple[pafs.FileSystem, list[dict]]:
     if not found:
         raise JobError(f"{spec}: no Parquet files found there.")
     # a URI keeps its scheme and query (?endpoint_override=...): the read and commit tasks open it with `filesystem`
-    scheme, query = (spec.split("://", 1)[0] + "://", spec.partition("?")[2]) if "://" in spec else ("", "")
+    scheme, query = (spec.split("://", 1)[0] + "://", spec.partition("?")[2]) if is_uri(spec) else ("", "")
     return fs, [{"path": scheme + i.path + (f"?{query}" if query else ""), "label": i.path[len(root) + 1:], "size": i.size,
                  "mtime_ns": i.mtime_ns} for i in sorted(found, key=lambda i: i.path)]
 
@@ -525,7 +525,7 @@ def run_translate(cfg: TranslateConfig) -> dict:
         choose_providers("cuda")  # local run: the actors will run here, so fail now, not inside Ray
     fs, files = list_inputs(cfg.input)
     units = plan_units(fs, files, cfg)
-    settings = {"model": cfg.model if "://" in cfg.model else str(Path(cfg.model).resolve()),
+    settings = {"model": absolute(cfg.model),
                 "inputs": [{k: f[k] for k in ("path", "size", "mtime_ns")} for f in files], "text_column": cfg.text_column, "id_column": cfg.id_column, "rows_per_shard": cfg.rows_per_shard,
                 "decode": dataclasses.asdict(cfg.decode), "variant": cfg.variant}
     fingerprint = hashlib.sha256(json.dumps({**settings, "model_files": model_dir.manifest["files"]}, sort_keys=True).encode()).hexdigest()
@@ -600,7 +600,7 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], fingerprint: str, 
           f"{f' (up to {most} as the cluster scales)' if most > actors else ''} x "
           f"{cpus_per_actor:.3g} CPU{f' + {cfg.gpus_per_actor:g} GPU' if cfg.gpus_per_actor else ''}, "
           f"{threads} onnxruntime thread(s) each")
-    uri = lambda p: p if "://" in p else str(Path(p).resolve())  # noqa: E731 - the workers may run elsewhere
+    uri = absolute  # the workers may run elsewhere: absolute paths, or URIs
     ds = ray.data.from_items(todo, override_num_blocks=len(todo))
     ds = ds.map_batches(read_texts, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
                         fn_kwargs={"text_column": cfg.text_column})

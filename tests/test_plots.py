@@ -24,6 +24,11 @@ def test_training_writes_curves_and_plot_overlays_runs(tiny_run, tmp_path):
     result = CliRunner().invoke(app, ["plot", str(tiny_run), str(tiny_run), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert _png_size(out)[:2] == (1100, 750)
+    per_minute = CliRunner().invoke(app, ["plot", str(tiny_run), "--x", "minutes", "--out", str(tmp_path / "min.png")])
+    assert per_minute.exit_code == 0, per_minute.output
+    assert _png_size(tmp_path / "min.png")[:2] == (1100, 750)
+    wrong = CliRunner().invoke(app, ["plot", str(tiny_run), "--x", "epochs"])
+    assert wrong.exit_code == 2 and "minutes" in wrong.output
     missing = CliRunner().invoke(app, ["plot", str(tmp_path)])
     assert missing.exit_code == 2 and "not a training run directory" in missing.output
 
@@ -36,6 +41,16 @@ def test_resumed_steps_count_once(tmp_path):
     ]))
     train, epochs = read_metrics(tmp_path)
     assert [(r["step"], r["loss"]) for r in train] == [(50, 5.0), (100, 3.9)] and epochs == []
+
+
+def test_the_weight_average_is_the_last_validation_even_at_the_epochs_step(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("\n".join([
+        '{"kind": "epoch", "step": 100, "valid_bleu": 30.0}',
+        '{"kind": "average", "step": 100, "valid_bleu": 31.0}',
+        '{"kind": "epoch", "step": 50, "valid_bleu": 20.0}',
+    ]))
+    _, validations = read_metrics(tmp_path)
+    assert [(r["kind"], r["valid_bleu"]) for r in validations] == [("epoch", 20.0), ("epoch", 30.0), ("average", 31.0)]
 
 
 def test_attention_map(tiny_run, tiny_model_dir, tmp_path):
