@@ -43,12 +43,12 @@ def train(
     hidden_size: Annotated[int, typer.Option(help="LSTM hidden size (encoder output, decoder state).")] = 512,
     encoder_layers: Annotated[int, typer.Option(help="Bidirectional encoder layers.")] = 1,
     decoder_layers: Annotated[int, typer.Option(help="Decoder LSTM layers.")] = 1,
-    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.2,
+    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.1,
     batch_tokens: Annotated[int, typer.Option(help="Tokens per step, all workers together (rows x longer side, padded).")] = 6000,
     lr: Annotated[float, typer.Option(help="Adam peak learning rate.")] = 3e-3,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 300,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.1,
-    average_last: Annotated[float, typer.Option(help="Average the weights over this last share of the run (0: off).")] = 0.2,
+    average_last: Annotated[float, typer.Option(help="Average the weights over this last share of the run (0: off).")] = 0.0,
     epochs: Annotated[int, typer.Option(help="Maximum epochs (the time bound usually ends a run first).")] = 12,
     max_steps: Annotated[int, typer.Option(help="Stop after this many steps (0: no bound).")] = 0,
     max_minutes: Annotated[float, typer.Option(help="Stop training after this many minutes (0: no bound).")] = 50.0,
@@ -227,14 +227,15 @@ def translate(
 def plot(
     run_dirs: Annotated[list[str], typer.Argument(help="One or more training run directories (or s3://...), overlaid.")],
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("curves.png"),
+    x: Annotated[str, typer.Option(help="Horizontal axis: step, or minutes (runs from one machine then compare per CPU-minute).")] = "step",
 ) -> None:
     """Draw training curves (loss, valid BLEU and chrF, tokens/s) of one run or several overlaid."""
     from s2s.plots import plot_curves
     from s2s.run_dir import working_copy
 
     try:
-        typer.echo(f"wrote {plot_curves([working_copy(r) for r in run_dirs], out)}")
-    except FileNotFoundError as e:
+        typer.echo(f"wrote {plot_curves([working_copy(r) for r in run_dirs], out, x)}")
+    except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
 
 

@@ -30,7 +30,8 @@ from s2s.data import BUNDLED_DATA, DataError, load_pairs, pad_batch, split_pairs
 from s2s.evaluate import corpus_scores
 from s2s.model import ModelConfig, Seq2Seq, sequence_loss, shift_target
 from s2s.progress import duration
-from s2s.run_dir import CHECKPOINT_FILE, CONFIG_FILE, EXPERIMENT, LOGS, PREPARED, is_remote, publish, run_config, working_copy
+from s2s.output import absolute, is_uri
+from s2s.run_dir import CHECKPOINT_FILE, CONFIG_FILE, EXPERIMENT, LOGS, PREPARED, publish, run_config, working_copy
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_sentencepiece, train_sentencepiece
 from s2s.translator import DecodeConfig, TorchEngine, Translator
 
@@ -54,7 +55,7 @@ class TrainConfig:
     lr: float = 3e-3  # Adam peak learning rate
     warmup_steps: int = 300  # linear warm-up, then linear decay to lr * min_lr_ratio at the end of the run ...
     min_lr_ratio: float = 0.1  # ... the end being the step bound or the time bound, whichever comes first
-    average_last: float = 0.2  # average the weights over this last share of the run (checkpoint averaging); 0: off
+    average_last: float = 0.0  # average the weights over this last share of the run (checkpoint averaging); 0: off
     clip_norm: float = 1.0  # gradient clipping (global L2 norm)
     label_smoothing: float = 0.1
     epochs: int = 12  # upper bound on passes over the train split
@@ -95,7 +96,7 @@ def prepare(cfg: TrainConfig) -> ModelConfig:
         if not cfg.resume:
             raise FileExistsError(f"{cfg.run_dir} already holds a run. Pass --resume to continue it, or choose another --run-dir.")
         return ModelConfig(**saved["model"])
-    run = Path(tempfile.mkdtemp(prefix="s2s-prepare-")) if is_remote(cfg.run_dir) else Path(cfg.run_dir)
+    run = Path(tempfile.mkdtemp(prefix="s2s-prepare-")) if is_uri(cfg.run_dir) else Path(cfg.run_dir)
     t0 = time.time()
     pairs = load_pairs(cfg.data, cfg.source_column, cfg.target_column)
     splits = split_pairs(pairs, cfg.valid_frac, cfg.test_frac)
@@ -132,7 +133,7 @@ def prepare(cfg: TrainConfig) -> ModelConfig:
     tmp = run / f"{CONFIG_FILE}.tmp"
     tmp.write_text(json.dumps(config, indent=2))
     os.replace(tmp, run / CONFIG_FILE)
-    if is_remote(cfg.run_dir):
+    if is_uri(cfg.run_dir):
         publish(run, cfg.run_dir, PREPARED + (CONFIG_FILE,))
         shutil.rmtree(run, ignore_errors=True)
     return model_cfg
@@ -514,7 +515,7 @@ def train(cfg: TrainConfig) -> dict:
     from s2s.output import filesystem
     from s2s.run_dir import checkpoint_file
 
-    run = cfg.run_dir.rstrip("/") if is_remote(cfg.run_dir) else str(Path(cfg.run_dir).resolve())
+    run = absolute(cfg.run_dir).rstrip("/")
     cfg = dataclasses.replace(cfg, run_dir=run)
     model_cfg = prepare(cfg)
     init_ray(dashboard=True)  # Ray Train polls the state API, which the dashboard process serves
