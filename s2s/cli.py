@@ -43,7 +43,7 @@ def train(
     hidden_size: Annotated[int, typer.Option(help="LSTM hidden size (encoder output, decoder state).")] = 512,
     encoder_layers: Annotated[int, typer.Option(help="Bidirectional encoder layers.")] = 1,
     decoder_layers: Annotated[int, typer.Option(help="Decoder LSTM layers.")] = 1,
-    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.1,
+    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.2,
     batch_tokens: Annotated[int, typer.Option(help="Tokens per step, all workers together (rows x longer side, padded).")] = 6000,
     lr: Annotated[float, typer.Option(help="Adam peak learning rate.")] = 3e-3,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 300,
