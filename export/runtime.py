@@ -90,7 +90,6 @@ def fetch_model_dir(uri: str) -> Path:
             pafs.copy_files(f"{base}/{name}", str(folder / name), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         (folder / MANIFEST).write_bytes(raw)
 
-    cache.mkdir(parents=True, exist_ok=True)
     return build_folder_once(target, fetch)
 
 

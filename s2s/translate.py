@@ -600,17 +600,17 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], fingerprint: str, 
           f"{f' (up to {most} as the cluster scales)' if most > actors else ''} x "
           f"{cpus_per_actor:.3g} CPU{f' + {cfg.gpus_per_actor:g} GPU' if cfg.gpus_per_actor else ''}, "
           f"{threads} onnxruntime thread(s) each")
-    uri = absolute  # the workers may run elsewhere: absolute paths, or URIs
+    # paths go to the workers absolute (or as URIs): the workers may run on other nodes
     ds = ray.data.from_items(todo, override_num_blocks=len(todo))
     ds = ds.map_batches(read_texts, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
                         fn_kwargs={"text_column": cfg.text_column})
     # A dead actor is replaced and its unit retried: Ray Data's default for actor pools (tests/test_translate_faults.py).
     ds = ds.map_batches(TranslateBatch, batch_size=None, batch_format="pyarrow", compute=pool,
                         num_cpus=cpus_per_actor, num_gpus=cfg.gpus_per_actor or None, resources=placed or None,
-                        fn_constructor_kwargs={"model": uri(cfg.model), "output": uri(cfg.output), "decode": cfg.decode,
+                        fn_constructor_kwargs={"model": absolute(cfg.model), "output": absolute(cfg.output), "decode": cfg.decode,
                                                "variant": cfg.variant, "device": cfg.device, "threads": threads})
     ds = ds.map_batches(commit_shard, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
-                        fn_kwargs={"output": uri(cfg.output), "id_column": cfg.id_column, "text_column": cfg.text_column,
+                        fn_kwargs={"output": absolute(cfg.output), "id_column": cfg.id_column, "text_column": cfg.text_column,
                                    "fingerprint": fingerprint})
     committed: list[dict] = []
     t_data = time.time()
