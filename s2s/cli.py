@@ -43,7 +43,7 @@ def train(
     hidden_size: Annotated[int, typer.Option(help="LSTM hidden size (encoder output, decoder state).")] = 512,
     encoder_layers: Annotated[int, typer.Option(help="Bidirectional encoder layers.")] = 1,
     decoder_layers: Annotated[int, typer.Option(help="Decoder LSTM layers.")] = 1,
-    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.2,
+    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.1,
     batch_tokens: Annotated[int, typer.Option(help="Tokens per step, all workers together (rows x longer side, padded).")] = 6000,
     lr: Annotated[float, typer.Option(help="Adam peak learning rate.")] = 3e-3,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 300,
@@ -106,7 +106,7 @@ def export(
     exporter: Annotated[str, typer.Option(help="torch.onnx exporter: torchscript or dynamo (fp32 only).")] = "torchscript",
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     parity_sentences: Annotated[int, typer.Option(help="Held-out sentences the parity gate decodes.")] = 200,
-    tolerance: Annotated[float, typer.Option(help="Max |delta log-prob| per step between PyTorch and onnxruntime.")] = 1e-4,
+    tolerance: Annotated[float, typer.Option(help="Max |delta log-prob| per step between PyTorch and onnxruntime; twice PyTorch's own difference between batch sizes where that is larger.")] = 1e-4,
     vmap: Annotated[bool, typer.Option(help="Also export a vocabulary map for shortlist decoding (translate --use-vmap).")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model directory.")] = False,
 ) -> None:
@@ -123,7 +123,7 @@ def export(
         _fail(str(e))
     gate = manifest["parity"]
     typer.echo(f"wrote {out}: parity passed on {gate['sentences']} sentences at batch sizes {gate['batch_sizes']} "
-               f"(max |delta log-prob| {gate['max_abs_logprob_diff']:.1e}; greedy {gate['greedy']}; beam {gate['beam4']}); "
+               f"(max |delta log-prob| {gate['max_abs_logprob_diff']:.1e} of {gate['gate_tolerance']:.1e} allowed; greedy {gate['greedy']}; beam {gate['beam4']}); "
                f"CPU default variant {manifest['default_cpu_variant']}")
 
 

@@ -24,7 +24,7 @@ class ModelConfig:
     hidden_size: int = 512  # decoder state and encoder output width (each encoder direction gets half)
     encoder_layers: int = 1  # stacked bidirectional LSTM layers
     decoder_layers: int = 1  # stacked LSTM cells in the decoder
-    dropout: float = 0.2  # on embeddings, between layers and before the output projection
+    dropout: float = 0.1  # on embeddings, between layers and before the output projection
     pad_id: int = PAD_ID
     bos_id: int = BOS_ID
     eos_id: int = EOS_ID

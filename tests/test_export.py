@@ -136,11 +136,31 @@ def test_changed_byte_is_refused_naming_the_file(model_dir, tmp_path):
         load_model_dir(tmp_path / "nothing")
 
 
-def test_failed_gate_writes_no_model_dir(tiny_run, tmp_path):
-    out = tmp_path / "strict"
-    with pytest.raises(ParityError, match="parity gate failed.*No model directory"):
-        export_run(tiny_run, out, ExportConfig(tolerance=1e-12, parity_sentences=20))
-    assert not out.exists() and not list(tmp_path.glob(".strict*"))
+def test_gate_rejects_a_graph_with_one_weight_off_by_one_percent(tiny_run, tmp_path, monkeypatch):
+    """A genuinely wrong graph, not an impossible tolerance: the step graph is exported from weights with
+    one matrix scaled by 1.01, then PyTorch's own weights are put back for the gate to compare against."""
+    import s2s.export.convert as convert
+
+    real_export = convert.export_graph
+
+    def export_with_a_wrong_weight(module, args, spec, out_dir, opset, dynamo):
+        if spec.file != "decoder_step.onnx":
+            return real_export(module, args, spec, out_dir, opset, dynamo)
+        weight = module.model.generator.weight
+        kept = weight.detach().clone()
+        with torch.no_grad():
+            weight.mul_(1.01)
+        try:
+            return real_export(module, args, spec, out_dir, opset, dynamo)
+        finally:
+            with torch.no_grad():
+                weight.copy_(kept)
+
+    monkeypatch.setattr(convert, "export_graph", export_with_a_wrong_weight)
+    out = tmp_path / "wrong"
+    with pytest.raises(ParityError, match=r"parity gate failed: max \|delta log-prob\| .* \(tolerance .*No model directory"):
+        export_run(tiny_run, out, ExportConfig(parity_sentences=20))
+    assert not out.exists() and not list(tmp_path.glob(".wrong*"))
 
 
 def test_export_refuses_to_overwrite(tiny_run, model_dir):
