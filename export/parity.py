@@ -30,7 +30,8 @@ def _first_difference(a: list[int], b: list[int]) -> int:
 
 
 def parity_gate(reference: Engine, candidate: Engine, sources: list[list[int]], batch_sizes: tuple[int, ...] = (1, 37), beam_size: int = 4,
-                tolerance: float = 1e-4, max_len_a: float = 1.5, max_len_b: int = 10) -> dict:
+                tolerance: float = 1e-4, max_len_a: float = 1.5, max_len_b: int = 10, mean_tolerance: float | None = None,
+                max_divergent: float = 0.0) -> dict:
     """Compare greedy and beam outputs and per-step log-probs of two engines on `sources` (ids with EOS).
 
     The log-probs of the 2 x beam_size most likely tokens at every step (every candidate a search of this
@@ -42,8 +43,13 @@ def parity_gate(reference: Engine, candidate: Engine, sources: list[list[int]], 
     (log-probs near -30 that no search can pick) is reported as `max_abs_logprob_diff_full_vocab` but does not gate.
     A different pick where the reference's two candidates are within 2 x the gate's tolerance of each
     other is a tie (each engine may be off by that much, so such a pair can swap), counted apart from divergences.
+
+    The int8 variant's gate is statistical, as quantization error is: with `mean_tolerance` the scores are
+    gated by the mean |delta log-prob| over those tokens instead of the max (quantization moves a few
+    low-ranked tokens by up to 2 nats while the mean stays near 0.04, docs/results.md), and `max_divergent`
+    is the share of outputs that may diverge beyond a tie (its error compounds over the steps of a sentence).
     """
-    max_diff, max_full, noise = 0.0, 0.0, 0.0
+    max_diff, max_full, noise, diff_sum, diff_count = 0.0, 0.0, 0.0, 0.0, 0
     first = {}  # sentence -> the reference's greedy tokens, top ids and their log-probs at the first batch size
     greedy, beam = [], []  # per sentence and batch size: None where identical, else what decides tie or divergence
     for bs in batch_sizes:
@@ -59,7 +65,8 @@ def parity_gate(reference: Engine, candidate: Engine, sources: list[list[int]], 
             for i, (r, c) in enumerate(zip(ref_lp, cand_lp)):
                 top = np.argsort(-r, axis=1)[:, : 2 * beam_size]  # (steps, 2K) what a search of this size can rank
                 ref_top = np.take_along_axis(r, top, 1)
-                max_diff = max(max_diff, float(np.abs(ref_top - np.take_along_axis(c, top, 1)).max()))
+                diff = np.abs(ref_top - np.take_along_axis(c, top, 1))
+                max_diff, diff_sum, diff_count = max(max_diff, float(diff.max())), diff_sum + float(diff.sum()), diff_count + diff.size
                 max_full = max(max_full, float(np.abs(r - c).max()))
                 seen = first.setdefault(start + i, (outs[i], top, ref_top))
                 if seen[0] == outs[i] and seen[1] is not top:
@@ -91,7 +98,11 @@ def parity_gate(reference: Engine, candidate: Engine, sources: list[list[int]], 
             counts[name]["ties" if tie else "divergent"] += 1
             if not tie:
                 divergences.append(d)
-    passed = max_diff <= gate_tolerance and not divergences
-    return {"passed": passed, "sentences": len(sources), "batch_sizes": list(batch_sizes), "tolerance": tolerance,
-            "reference_noise": noise, "gate_tolerance": gate_tolerance,
-            "max_abs_logprob_diff": max_diff, "max_abs_logprob_diff_full_vocab": max_full, **counts, "divergences": divergences[:20]}
+    mean_diff = diff_sum / max(diff_count, 1)
+    scores_agree = max_diff <= gate_tolerance if mean_tolerance is None else mean_diff <= mean_tolerance
+    outputs = 2 * len(sources) * len(batch_sizes)  # greedy and beam, at each batch size
+    return {"passed": scores_agree and len(divergences) <= max_divergent * outputs, "sentences": len(sources), "batch_sizes": list(batch_sizes), "tolerance": tolerance,
+            "reference_noise": noise, "gate_tolerance": gate_tolerance, "mean_tolerance": mean_tolerance, "max_divergent": max_divergent,
+            "max_abs_logprob_diff": max_diff, "mean_abs_logprob_diff": mean_diff, "max_abs_logprob_diff_full_vocab": max_full, **counts,
+            "outputs": outputs,
+            "divergent": len(divergences), "divergences": divergences[:20]}

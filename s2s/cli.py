@@ -125,6 +125,12 @@ def export(
     typer.echo(f"wrote {out}: parity passed on {gate['sentences']} sentences at batch sizes {gate['batch_sizes']} "
                f"(max |delta log-prob| {gate['max_abs_logprob_diff']:.1e} of {gate['gate_tolerance']:.1e} allowed; greedy {gate['greedy']}; beam {gate['beam4']}); "
                f"CPU default variant {manifest['default_cpu_variant']}")
+    if "int8" in manifest["variants"]:
+        g8 = manifest["variants"]["int8"]["parity"]
+        typer.echo(f"int8 variant: parity passed (mean |delta log-prob| {g8['mean_abs_logprob_diff']:.3f} of {g8['mean_tolerance']} allowed; "
+                   f"greedy {g8['greedy']}; beam {g8['beam4']})")
+    elif "int8_rejected" in manifest:
+        typer.echo("int8 variant: left out, it failed its parity gate (the manifest's int8_rejected says where); fp32 only", err=True)
 
 
 @app.command()

@@ -1,6 +1,7 @@
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -107,6 +108,7 @@ def test_vmap_decoding(model_dir, small_corpus):
     """The shortlist path equals the full softmax when the shortlist is everything, and never leaves it."""
     m = json.loads((model_dir / "manifest.json").read_text())
     assert m["parity"]["decoder_state_max_abs_diff"] <= 1e-4 and "valid_bleu_vmap" in m["variants"]["int8"]
+    assert m["variants"]["int8"]["parity"]["passed"] and m["variants"]["int8"]["parity"]["greedy"]["divergent"] == 0
     texts = pq.read_table(small_corpus).column("en").to_pylist()[:30]
     decode = DecodeConfig(max_decoding_length=20)
     full = load_translator(model_dir, replace(decode, use_vmap=False), variant="fp32", device="cpu")
@@ -161,6 +163,30 @@ def test_gate_rejects_a_graph_with_one_weight_off_by_one_percent(tiny_run, tmp_p
     with pytest.raises(ParityError, match=r"parity gate failed: max \|delta log-prob\| .* \(tolerance .*No model directory"):
         export_run(tiny_run, out, ExportConfig(parity_sentences=20))
     assert not out.exists() and not list(tmp_path.glob(".wrong*"))
+
+
+def test_int8_gate_leaves_out_an_int8_graph_with_one_weight_off(tiny_run, tmp_path, monkeypatch):
+    """The int8 variant has its own gate: quantizing a step graph whose output projection is 20% off (a
+    wrong graph, not quantization noise) leaves int8 out of the model directory, and fp32 is the default."""
+    import onnx
+    import onnxruntime.quantization as quantization
+    from onnx import numpy_helper
+
+    real_quantize = quantization.quantize_dynamic
+
+    def quantize_a_wrong_graph(model_input, model_output, **kwargs):
+        if Path(model_input).name == "decoder_step.onnx":
+            graph = onnx.load(model_input)
+            weight = next(i for i in graph.graph.initializer if i.name == "model.generator.weight")
+            weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.2, weight.name))
+            model_input = tmp_path / "wrong_step.onnx"
+            onnx.save(graph, model_input)
+        return real_quantize(model_input, model_output, **kwargs)
+
+    monkeypatch.setattr(quantization, "quantize_dynamic", quantize_a_wrong_graph)
+    m = export_run(tiny_run, tmp_path / "m", ExportConfig(parity_sentences=20, quantize="int8", vmap=False))
+    assert list(m["variants"]) == ["fp32"] and m["default_cpu_variant"] == "fp32" and not m["int8_rejected"]["passed"]
+    assert not list((tmp_path / "m").glob("*.int8.onnx")) and m["parity"]["passed"]
 
 
 def test_export_refuses_to_overwrite(tiny_run, model_dir):
