@@ -21,19 +21,47 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-class Progress:
-    """`done`/`total` with a rate and the time left, as one line.
+class Console:
+    """Lines for people and one progress line under them, on one stream (stderr by default).
 
-    On a terminal the line is redrawn at most twice a second; elsewhere (a log file, a scheduler) a new line
-    is written every `every` seconds, and always at the end, so that a log stays readable.
+    On a terminal the progress line is redrawn in place at most twice a second, and a line said meanwhile
+    is printed above it; elsewhere (a log file, a scheduler) the progress line is written as a plain line
+    at most every `every` seconds, and always at the end, so that a log stays readable.
     """
 
-    def __init__(self, total: int, unit: str, stream: TextIO | None = None, every: float = 10.0):
-        self.total, self.unit, self.every = total, unit, every
+    def __init__(self, stream: TextIO | None = None, every: float = 10.0):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.start = self.last = time.time()
-        self.width = 0
+        self.every = every
+        self.last = time.time()
+        self.drawn = ""  # the progress line on the terminal now
+
+    def say(self, line: str) -> None:
+        if self.drawn:
+            self.stream.write("\r" + " " * len(self.drawn) + "\r")
+        self.stream.write(line + "\n" + self.drawn)
+        self.stream.flush()
+
+    def show(self, text: str, final: bool = False) -> None:
+        now = time.time()
+        if not final and now - self.last < (0.5 if self.tty else self.every):
+            return
+        self.last = now
+        if self.tty:
+            self.stream.write("\r" + text.ljust(len(self.drawn)) + ("\n" if final else ""))
+            self.drawn = "" if final else text
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+class Progress:
+    """`done`/`total` with a rate and the time left, as the Console's progress line."""
+
+    def __init__(self, total: int, unit: str, stream: TextIO | None = None, every: float = 10.0):
+        self.total, self.unit = total, unit
+        self.console = Console(stream, every)
+        self.start = time.time()
 
     def line(self, done: int, extra: str = "") -> str:
         elapsed = time.time() - self.start
@@ -43,14 +71,4 @@ class Progress:
         return f"{done:,}/{self.total:,} {self.unit}{pct}, {rate:,.1f} {self.unit}/s{left}{', ' + extra if extra else ''}"
 
     def update(self, done: int, extra: str = "", final: bool = False) -> None:
-        now = time.time()
-        if not final and now - self.last < (0.5 if self.tty else self.every):
-            return
-        self.last = now
-        text = self.line(done, extra)
-        if self.tty:
-            self.stream.write("\r" + text.ljust(self.width) + ("\n" if final else ""))
-            self.width = len(text)
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        self.console.show(self.line(done, extra), final)

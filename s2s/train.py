@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from s2s.cluster import init_ray, is_head, node_shapes, work_resources
 from s2s.data import BUNDLED_DATA, DataError, load_pairs, pad_batch, split_pairs, token_batches
 from s2s.evaluate import corpus_scores
 from s2s.model import ModelConfig, Seq2Seq, sequence_loss, shift_target
-from s2s.progress import duration
+from s2s.progress import Console, duration
 from s2s.output import absolute, is_uri
 from s2s.run_dir import CHECKPOINT_FILE, CONFIG_FILE, EXPERIMENT, LOGS, PREPARED, publish, run_config, working_copy
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_sentencepiece, train_sentencepiece
@@ -291,12 +292,13 @@ AVERAGE_EVERY = 10  # steps between the snapshots that checkpoint averaging take
 
 
 def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 0, world: int = 1,
-        device: torch.device = torch.device("cpu")) -> dict:
+        device: torch.device = torch.device("cpu"), say: Callable[[str], None] = print, show: Callable[[str], None] = print) -> dict:
     """The training loop of one worker. With world > 1 the process group must already be initialized.
 
     `restored` is the checkpoint to continue from. `save(metrics, checkpoint)` is called by every worker
     at the same points (Ray Train's report is collective); `checkpoint` is the state to keep on rank 0
     and None elsewhere. metrics["score"] is the valid BLEU it was validated at, -1 for a mid-epoch one.
+    Rank 0 tells people how it goes: `say` a line to keep, `show` the progress line.
     """
     run = working_copy(cfg.run_dir)
     saved = json.loads((run / CONFIG_FILE).read_text())
@@ -322,7 +324,7 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
         # every rank seeds alike, so rank 0's state is everyone's: dropout continues as if never stopped
         torch.set_rng_state(restored["rng"])
         if rank == 0:
-            print(f"resumed at epoch {state['epoch']} batch {state['batch']} step {state['step']}", flush=True)
+            say(f"resumed at epoch {state['epoch']} batch {state['batch']} step {state['step']}")
 
     def checkpoint(score: float, record: dict | None = None, weights: dict | None = None) -> None:
         """Report to Ray; `weights`, when given, are what the score is for (the average), kept as "model"."""
@@ -376,9 +378,8 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
                     left = (total_steps - state["step"]) * (time.time() - t_loop) / max(1, steps_done_now)
                     if cfg.max_minutes:
                         left = min(left, cfg.max_minutes * 60 - elapsed)
-                    print(f"epoch {last['epoch']} step {last['step']}/{total_steps} loss {last['loss']:.3f} ppl {last['ppl']:.1f} "
-                          f"lr {last['lr']:.2e} {last['tokens_per_s']} tok/s elapsed {duration(elapsed)}, "
-                          f"about {duration(left)} left", flush=True)
+                    show(f"epoch {last['epoch']} step {last['step']}/{total_steps} loss {last['loss']:.3f} ppl {last['ppl']:.1f} "
+                         f"lr {last['lr']:.2e} {last['tokens_per_s']} tok/s elapsed {duration(elapsed)}, about {duration(left)} left")
                 log_line(last)
                 acc, t_int = [0.0, 0.0, 0.0], time.time()
             out_of_time = bool(cfg.max_minutes) and time.time() - t_start > cfg.max_minutes * 60
@@ -411,18 +412,18 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
         log_line(record)
         if rank == 0:
             where = f"after epoch {state['epoch']}" if epoch_done else f"in epoch {state['epoch'] + 1} (stopped early)"
-            print(f"validation {where} step {state['step']}: loss {metrics['valid_loss']:.3f} "
-                  f"ppl {metrics['valid_ppl']:.1f} BLEU {metrics['valid_bleu']:.2f} chrF {metrics['valid_chrf']:.2f}"
-                  f"{' (best)' if improved else ''}", flush=True)
+            say(f"validation {where} step {state['step']}: loss {metrics['valid_loss']:.3f} "
+                f"ppl {metrics['valid_ppl']:.1f} BLEU {metrics['valid_bleu']:.2f} chrF {metrics['valid_chrf']:.2f}"
+                f"{' (best)' if improved else ''}")
             for smp in samples:
-                print(f"  {smp['src']!r} -> {smp['hyp']!r} (ref {smp['ref']!r})", flush=True)
+                say(f"  {smp['src']!r} -> {smp['hyp']!r} (ref {smp['ref']!r})")
             _plot(run)
             publish(run, cfg.run_dir, LOGS)
         checkpoint(metrics["valid_bleu"], record)
         t_ckpt = time.time()
         if cfg.patience and state["bad_epochs"] >= cfg.patience:
             if rank == 0:
-                print(f"early stop: no better valid BLEU for {cfg.patience} epochs", flush=True)
+                say(f"early stop: no better valid BLEU for {cfg.patience} epochs")
             break
     if average.count >= 2:
         # the average of the last snapshots, validated like an epoch and kept by Ray if it scores best
@@ -437,8 +438,8 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
                   "elapsed_s": round(time.time() - t_start, 1), **metrics, "best_bleu": state["best_bleu"]}
         log_line(record)
         if rank == 0:
-            print(f"average of the last {average.count} snapshots: loss {metrics['valid_loss']:.3f} BLEU {metrics['valid_bleu']:.2f} "
-                  f"chrF {metrics['valid_chrf']:.2f}{' (best)' if improved else ''}", flush=True)
+            say(f"average of the last {average.count} snapshots: loss {metrics['valid_loss']:.3f} BLEU {metrics['valid_bleu']:.2f} "
+                f"chrF {metrics['valid_chrf']:.2f}{' (best)' if improved else ''}")
             publish(run, cfg.run_dir, LOGS)
         checkpoint(metrics["valid_bleu"], record, weights=average.weights)
     return {"best_bleu": state["best_bleu"], "epoch": state["epoch"], "step": state["step"], "train_seconds": round(state["train_seconds"], 1)}
@@ -461,8 +462,16 @@ def train_loop_per_worker(config: dict) -> None:
         for name in (module.__name__, module.__file__):
             logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(config["threads"])
-    print(f"worker {ctx.get_world_rank()} of {ctx.get_world_size()} on node {ray.get_runtime_context().get_node_id()[:12]}, "
-          f"{config['threads']} thread(s)", flush=True)
+    relay = config["relay"]
+
+    def say(line: str) -> None:
+        relay.say.remote(line)
+
+    def show(line: str) -> None:
+        relay.show.remote(line)
+
+    say(f"worker {ctx.get_world_rank()} of {ctx.get_world_size()} on node {ray.get_runtime_context().get_node_id()[:12]}, "
+        f"{config['threads']} thread(s)")
     device = ray.train.torch.get_device()
     restored = None
     latest = ray.train.get_checkpoint()  # the run's latest checkpoint, when Ray Train restores a run from its storage
@@ -480,7 +489,53 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                              checkpoint_dir_name=f"checkpoint_{metrics['step']:08d}_{kind}")
 
-    fit(config["cfg"], save, restored, ctx.get_world_rank(), ctx.get_world_size(), device)
+    fit(config["cfg"], save, restored, ctx.get_world_rank(), ctx.get_world_size(), device, say, show)
+
+
+class Relay:
+    """The workers' lines for people, held for the driver to print (a Ray actor).
+
+    Ray forwards what a worker prints with its pid in front, line by line; through the relay each line
+    reaches the driver's console once, as is, and the progress line can be redrawn on a terminal.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.progress = ""
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+
+    def show(self, line: str) -> None:
+        self.progress = line
+
+    def take(self) -> tuple[list[str], str]:
+        lines, self.lines = self.lines, []
+        return lines, self.progress
+
+
+def print_relayed(relay, done: threading.Event, console: Console) -> None:
+    """Until `done`: every half second, print the relay's new lines and its progress line where it changed."""
+    import ray
+
+    shown = ""
+    while True:
+        finished = done.wait(0.5)
+        try:
+            lines, progress = ray.get(relay.take.remote(), timeout=30)
+        except Exception as e:  # the relay is for people: training goes on without it
+            console.say(f"(worker lines are no longer relayed: {e})")
+            return
+        for line in lines:
+            console.say(line)
+        if progress != shown:
+            drawn = console.last
+            console.show(progress, final=finished)
+            shown = progress if console.last != drawn else shown
+        if finished:
+            if console.drawn:
+                console.show(console.drawn, final=True)
+            return
 
 
 def worker_cpus(cfg: TrainConfig, node_cpus: list[float], use_gpu: bool) -> tuple[float, int]:
@@ -509,8 +564,10 @@ def train(cfg: TrainConfig) -> dict:
     best by valid BLEU and the latest, which `--resume` continues from; a second run on the same folder
     without --resume is refused by `prepare`.
     """
+    import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from s2s.output import filesystem
     from s2s.run_dir import checkpoint_file
@@ -529,9 +586,12 @@ def train(cfg: TrainConfig) -> dict:
     # Ray Train 2.60 sends a worker's print() both to the driver and to its logger, and each line shows twice;
     # Ray Train passes this variable on to its workers
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    # on the driver's node, which an autoscaler never takes away
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    relay = ray.remote(num_cpus=0, scheduling_strategy=here)(Relay).remote()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "threads": threads},
+        train_loop_config={"cfg": cfg, "threads": threads, "relay": relay},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": per_worker, **work_resources(alive)}),
         run_config=RunConfig(storage_path=storage, storage_filesystem=fs, name=EXPERIMENT,
@@ -539,7 +599,14 @@ def train(cfg: TrainConfig) -> dict:
                              checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score",
                                                                 checkpoint_score_order="max")),
     )
-    result = trainer.fit()
+    done = threading.Event()
+    printer = threading.Thread(target=print_relayed, args=(relay, done, Console(every=0)), daemon=True)
+    printer.start()
+    try:
+        result = trainer.fit()
+    finally:
+        done.set()
+        printer.join(timeout=60)
     if result.error:
         raise result.error
     best = torch.load(checkpoint_file(run, "best"), map_location="cpu", weights_only=False)

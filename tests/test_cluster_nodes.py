@@ -104,6 +104,7 @@ def test_train_on_two_nodes_with_its_run_on_s3_resumes_exports_to_s3_and_transla
         nodes = dict(re.findall(r"worker (\d) of 2 on node (\w+)", log))
         assert set(nodes) == {"0", "1"} and nodes["0"] != nodes["1"], log[-3000:]  # Ray Train put one worker on each node
         assert log.count("worker 0 of 2 on node") == 1 and "Reporting training result" not in log  # each line once, ours only
+        assert re.search(r"^worker 1 of 2 on node", log, re.M)  # relayed from the other node as it is, not forwarded with a pid
         assert torch.load(checkpoint_file("s3://life/run", "last"), weights_only=False)["state"]["step"] == 4
         assert "resumed at epoch 0 batch 4 step 4" in cli(*args, "--max-steps", "8", "--resume")
         assert torch.load(checkpoint_file("s3://life/run", "last"), weights_only=False)["state"]["step"] == 8

@@ -2,7 +2,7 @@
 
 import io
 
-from s2s.progress import Progress, duration
+from s2s.progress import Console, Progress, duration
 
 
 class Terminal(io.StringIO):
@@ -24,12 +24,28 @@ def test_a_log_gets_whole_lines_and_always_the_last_one():
 def test_a_terminal_gets_one_line_redrawn():
     tty = Terminal()
     p = Progress(200, "rows", stream=tty)
-    p.last -= 1  # as if the last draw were a second ago
+    p.console.last -= 1  # as if the last draw were a second ago
     p.update(50)
     p.update(200, final=True)
     out = tty.getvalue()
     assert out.startswith("\r50/200 rows (25%)") and "left" in out.split("\r")[1]
     assert out.count("\r") == 2 and out.endswith("\n") and out.count("\n") == 1
+
+
+def test_a_line_said_on_a_terminal_goes_above_the_progress_line():
+    tty = Terminal()
+    console = Console(tty)
+    console.last -= 1
+    console.show("epoch 1 step 50/100")
+    console.say("validation after epoch 1: BLEU 12.34")
+    console.show("epoch 2 step 100/100", final=True)
+    screen = []  # what a terminal shows: \r returns to the line's start, later characters overwrite
+    for line in tty.getvalue().split("\n"):
+        shown = ""
+        for part in line.split("\r"):
+            shown = part + shown[len(part):]
+        screen.append(shown.rstrip())
+    assert screen == ["validation after epoch 1: BLEU 12.34", "epoch 2 step 100/100", ""]
 
 
 def test_durations_read_at_a_glance():

@@ -1,6 +1,7 @@
 """The real `train` path: Ray Train, 2 DDP workers on gloo, stop after epoch 1, resume to epoch 2."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -19,11 +20,15 @@ def ray_local():
     ray.shutdown()
 
 
-def test_train_stop_after_epoch_one_then_resume(small_corpus, tmp_path, ray_local):
+def test_train_stop_after_epoch_one_then_resume(small_corpus, tmp_path, ray_local, capfd):
     run = tmp_path / "run"
     base = dict(run_dir=str(run), data=str(small_corpus), model=ModelConfig(emb_dim=32, hidden_size=64, dropout=0.0), workers=2,
                 batch_tokens=800, log_every=2, max_minutes=0, warmup_steps=5, valid_frac=0.1, test_frac=0.1, bf16=False)
     train(TrainConfig(epochs=1, **base))
+    told = capfd.readouterr().err.splitlines()  # the workers' lines, relayed to the driver's stderr as they are, once each
+    assert sum(line.startswith("validation after epoch 1 step") for line in told) == 1
+    assert sorted(line[:15] for line in told if re.match(r"worker \d of 2 on node", line)) == ["worker 0 of 2 o", "worker 1 of 2 o"]
+    assert any(re.fullmatch(r"epoch 1 step \d+/\d+ loss .* left", line) for line in told)
     first = torch.load(checkpoint_file(run, "last"), weights_only=False)
     assert first["state"]["epoch"] == 1
     steps_1 = first["state"]["step"]
