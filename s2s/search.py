@@ -5,7 +5,9 @@ An engine (PyTorch in `engines.py`, onnxruntime in `s2s.export.runtime`) supplie
     step(prev_tokens: np.ndarray (N,), state) -> (log_probs: np.ndarray (N, V), new_state)
 
 where `state` is a dict of arrays (numpy or torch) whose first axis is the row. The search only picks,
-reorders and drops rows of the state with `select_state`; it never looks inside.
+reorders and drops rows of the state with `select_state`; it never looks inside. Beam search knows one
+thing more: `memory` and `mask`, the encoder's outputs, are equal across a sentence's beams, so they are
+copied only when a sentence ends, not at every step's reorder of beams (the largest arrays of the state).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 State = dict[str, Any]
 StepFn = Callable[[np.ndarray, State], tuple[np.ndarray, State]]
+PER_SENTENCE = ("memory", "mask")  # state entries equal for every beam of a sentence
 
 
 def select_state(state: State, rows: np.ndarray) -> State:
@@ -139,7 +142,10 @@ def beam_search(
         pick_scores = np.where(np.take_along_axis(keep, pick, 1), np.take_along_axis(top_scores, pick, 1), -np.inf)
         pick_beam, pick_tok = np.take_along_axis(beam, pick, 1)[alive], np.take_along_axis(tok, pick, 1)[alive]  # (m, K)
         rows = alive[:, None]
-        state = select_state(state, (rows * K + pick_beam).reshape(-1))
+        fixed = {k: v for k, v in state.items() if k in PER_SENTENCE}
+        state = select_state({k: v for k, v in state.items() if k not in PER_SENTENCE}, (rows * K + pick_beam).reshape(-1))
+        # a sentence's beams share its encoder outputs: they move only when sentences end
+        state.update(fixed if len(alive) == n else select_state(fixed, (rows * K + np.arange(K)).reshape(-1)))
         seqs = np.concatenate([seqs[rows, pick_beam], pick_tok[..., None]], axis=2)
         seq_lp = np.concatenate([seq_lp[rows, pick_beam], lp[rows, pick_beam, pick_tok][..., None]], axis=2)
         scores, prev, active = pick_scores[alive], pick_tok.reshape(-1), active[alive]
