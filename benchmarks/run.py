@@ -114,11 +114,18 @@ def matmul_gflops(dtype: torch.dtype, n: int = 1024, threads: int = 2) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
+def cpu_info(field: str) -> str:
+    """One field of /proc/cpuinfo's first processor ("model name", "flags"); "" where there is none."""
+    try:
+        return next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(field)).split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        return ""
+
+
 def cpu_features() -> str:
     """The instruction sets that decide which kernels onnxruntime and PyTorch can use, from /proc/cpuinfo."""
-    try:
-        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split(":")[1].split())
-    except (OSError, StopIteration):
+    flags = set(cpu_info("flags").split())
+    if not flags:
         return "unknown (no /proc/cpuinfo flags)"
     names = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
              "avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8"}
@@ -220,7 +227,7 @@ def run_bare_loop(input_path: Path, output: Path, model: Path, beam: int, thread
 
 def bench_decode(a: argparse.Namespace, texts: list[str], refs: list[list[str]]) -> None:
     torch.set_num_threads(a.threads)
-    model, _ = load_model(checkpoint_file(a.run, "best"))
+    model, _ = load_model(a.checkpoint or checkpoint_file(a.run, "best"))
     model_dir = load_model_dir(a.model)
     src_sp, tgt_sp = load_sentencepiece(a.model / "src.model"), load_sentencepiece(a.model / "tgt.model")
     engines = {"torch": TorchEngine(model)}
@@ -464,8 +471,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=Path("models/eng-fra"), help="exported model directory")
     ap.add_argument("--run", type=Path, default=Path("runs/eng-fra"), help="its training run (checkpoint, test split)")
+    ap.add_argument("--checkpoint", type=Path, help="a checkpoint.pt for the PyTorch rows instead of the run's best "
+                    "(where Ray, which reads the run's checkpoints, is not installed)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both engines (default: all cores)")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads for both engines (default: the cores this process may use)")
     ap.add_argument("--sentences", type=int, default=512, help="test sentences for the decode speed rows")
     ap.add_argument("--pipeline-rows", type=int, default=100000)
     ap.add_argument("--pipeline-beam", type=int, default=1)
@@ -485,7 +494,8 @@ def main() -> None:
         sys.exit(f"unknown sections {sorted(SELECTED - set(SECTIONS))}; choose from {SECTIONS}")
     import onnxruntime as ort
 
-    machine = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "cpu_features": cpu_features(),
+    machine = {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)), "processor": platform.processor() or platform.machine(), "cpu_model": cpu_info("model name"),
+               "cpu_features": cpu_features(),
                "python": platform.python_version(),
                "torch": torch.__version__, "onnxruntime": ort.__version__, "threads": a.threads,
                "date": time.strftime("%Y-%m-%d %H:%M")}
