@@ -25,7 +25,7 @@ from s2s.evaluate import corpus_scores, load_model
 from s2s.export.graphs import DECODER_STATE, DECODER_STEP, ENCODER, DecoderState, DecoderStep, Encoder, example_inputs, export_graph
 from s2s.export.parity import parity_gate
 from s2s.export.vmap import VMAP_FILE, build_vmap
-from s2s.export.runtime import FORMAT, MANIFEST, ModelDir, OrtEngine, library_versions, sha256
+from s2s.export.runtime import FORMAT, MANIFEST, ModelDir, OrtEngine, library_versions, sha256, usable_cpus
 from s2s.output import absolute, is_uri
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, load_sentencepiece
 from s2s.translator import DecodeConfig, TorchEngine, Translator, pad_ids
@@ -81,7 +81,7 @@ class ParityError(RuntimeError):
 
 
 def _valid_bleu(model_dir: Path, manifest: dict, variant: str, rows: list[dict], use_vmap: bool = False) -> float:
-    engine = OrtEngine(ModelDir(model_dir, manifest), variant, "cpu", threads=os.cpu_count() or 1, use_vmap=use_vmap)
+    engine = OrtEngine(ModelDir(model_dir, manifest), variant, "cpu", threads=usable_cpus(), use_vmap=use_vmap)
     translator = Translator(engine,
                             load_sentencepiece(model_dir / "src.model"), load_sentencepiece(model_dir / "tgt.model"), DecodeConfig())
     hyps = [t.translation or "" for t in translator.translate([r["src"] for r in rows])]
@@ -189,7 +189,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
             manifest["variants"]["fp32"]["decoder_state"] = DECODER_STATE.file
 
         # validate
-        engine = OrtEngine(ModelDir(tmp, manifest), "fp32", "cpu", threads=os.cpu_count() or 1)
+        engine = OrtEngine(ModelDir(tmp, manifest), "fp32", "cpu", threads=usable_cpus())
         sources = [ids + [EOS_ID] for ids in src_sp.encode([r["src"] for r in valid[: cfg.parity_sentences]])]
         gate = parity_gate(TorchEngine(model), engine, sources, cfg.batch_sizes, cfg.beam_size, cfg.tolerance)
         manifest["parity"] = gate
@@ -213,7 +213,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
             manifest["variants"]["int8"] = {key: f.replace(".onnx", ".int8.onnx") for key, f in manifest["variants"]["fp32"].items()}
             # the int8 variant's own gate, against the same PyTorch fp32 reference with its own tolerances: a variant
             # that fails is left out
-            int8 = OrtEngine(ModelDir(tmp, manifest), "int8", "cpu", threads=os.cpu_count() or 1)
+            int8 = OrtEngine(ModelDir(tmp, manifest), "int8", "cpu", threads=usable_cpus())
             gate8 = parity_gate(TorchEngine(model), int8, sources, cfg.batch_sizes, cfg.beam_size, cfg.int8_tolerance,
                                 mean_tolerance=cfg.int8_mean_tolerance, max_divergent=cfg.int8_max_divergent)
             manifest["variants"]["int8"]["parity"] = gate8

@@ -43,6 +43,15 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on: fewer than os.cpu_count() under taskset, a cgroup cpuset or a
+    container's CPU pinning, where one onnxruntime thread per host core would oversubscribe them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

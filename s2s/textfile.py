@@ -36,11 +36,11 @@ def is_text_path(path: str) -> bool:
 def translate_text(source: str, target: str, model: str, decode: DecodeConfig, variant: str = "auto", device: str = "auto",
                    threads: int = 0) -> dict:
     """Translate `source` (a .txt file or "-") line by line into `target` (a file or "-"); return the counts."""
-    from s2s.export.runtime import load_translator
+    from s2s.export.runtime import load_translator, usable_cpus
 
     if source != "-" and not Path(source).is_file():
         raise FileNotFoundError(f"{source}: no such file. Pass a text file with one sentence per line, or - for stdin.")
-    translator = load_translator(model, decode, variant, device, threads or os.cpu_count() or 1)
+    translator = load_translator(model, decode, variant, device, threads or usable_cpus())
     if source == "-":
         raw = sys.stdin.buffer.read()
     else:

@@ -52,3 +52,14 @@ def test_stdin_to_stdout_carries_only_the_translations(tiny_model_dir):
         ["I like cats.", "Where is the station?"])
     assert [out[0], out[2]] == [t.translation for t in expected]
     assert "3 lines: 2 translated, 1 empty, 0 error(s)" in done.stderr
+
+
+def test_text_mode_uses_only_the_cores_it_may_run_on(tiny_model_dir):
+    # under taskset (as under a container's or a scheduler's CPU pinning) os.cpu_count() still counts every core
+    # of the host; one onnxruntime thread per host core would oversubscribe the one core this process may use
+    done = subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "s2s.cli", "translate", "-", "--model", str(tiny_model_dir),
+                           "--beam-size", "1", "--max-decoding-length", "5"], input="I like cats.\n", capture_output=True,
+                          text=True, timeout=300, env={**os.environ})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert os.cpu_count() > 1  # else this test shows nothing
+    assert "CPUExecutionProvider (variant" in done.stderr and ", 1 thread(s))" in done.stderr, done.stderr[-2000:]
