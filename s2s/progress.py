@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from typing import TextIO
+from contextlib import contextmanager
+from typing import Iterator, TextIO
 
 
 def say(message: str) -> None:
@@ -35,24 +37,27 @@ class Console:
         self.every = every
         self.last = time.time()
         self.drawn = ""  # the progress line on the terminal now
+        self.lock = threading.Lock()  # relayed lines are printed from another thread than the progress line
 
     def say(self, line: str) -> None:
-        if self.drawn:
-            self.stream.write("\r" + " " * len(self.drawn) + "\r")
-        self.stream.write(line + "\n" + self.drawn)
-        self.stream.flush()
+        with self.lock:
+            if self.drawn:
+                self.stream.write("\r" + " " * len(self.drawn) + "\r")
+            self.stream.write(line + "\n" + self.drawn)
+            self.stream.flush()
 
     def show(self, text: str, final: bool = False) -> None:
-        now = time.time()
-        if not final and now - self.last < (0.5 if self.tty else self.every):
-            return
-        self.last = now
-        if self.tty:
-            self.stream.write("\r" + text.ljust(len(self.drawn)) + ("\n" if final else ""))
-            self.drawn = "" if final else text
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        with self.lock:
+            now = time.time()
+            if not final and now - self.last < (0.5 if self.tty else self.every):
+                return
+            self.last = now
+            if self.tty:
+                self.stream.write("\r" + text.ljust(len(self.drawn)) + ("\n" if final else ""))
+                self.drawn = "" if final else text
+            else:
+                self.stream.write(text + "\n")
+            self.stream.flush()
 
 
 class Progress:
@@ -72,3 +77,69 @@ class Progress:
 
     def update(self, done: int, extra: str = "", final: bool = False) -> None:
         self.console.show(self.line(done, extra), final)
+
+
+class Relay:
+    """Workers' lines for people, held for the driver to print (a Ray actor; training and translate workers).
+
+    Ray forwards what a worker prints with its pid (and colour codes) in front, line by line; through the
+    relay each line reaches the driver's console once, as is, and the progress line can be redrawn on a terminal.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.progress = ""
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+
+    def show(self, line: str) -> None:
+        self.progress = line
+
+    def take(self) -> tuple[list[str], str]:
+        lines, self.lines = self.lines, []
+        return lines, self.progress
+
+
+def print_relayed(relay, done: threading.Event, console: Console) -> None:
+    """Until `done`: every half second, print the relay's new lines and its progress line where it changed."""
+    import ray
+
+    shown = ""
+    while True:
+        finished = done.wait(0.5)
+        try:
+            lines, progress = ray.get(relay.take.remote(), timeout=30)
+        except Exception as e:  # the relay is for people: the work goes on without it
+            console.say(f"(worker lines are no longer relayed: {e})")
+            return
+        for line in lines:
+            console.say(line)
+        if progress != shown:
+            drawn = console.last
+            console.show(progress, final=finished)
+            shown = progress if console.last != drawn else shown
+        if finished:
+            if console.drawn:
+                console.show(console.drawn, final=True)
+            return
+
+
+@contextmanager
+def relayed(console: Console) -> Iterator:
+    """A Relay actor on the driver's node (which an autoscaler never takes away), printed on `console` by a
+    thread of the driver while the block runs; yields the actor's handle for the workers."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    relay = ray.remote(num_cpus=0, scheduling_strategy=here)(Relay).remote()
+    done = threading.Event()
+    printer = threading.Thread(target=print_relayed, args=(relay, done, console), daemon=True)
+    printer.start()
+    try:
+        yield relay
+    finally:
+        done.set()
+        printer.join(timeout=60)
+        ray.kill(relay)

@@ -14,7 +14,6 @@ import math
 import os
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from s2s.cluster import init_ray, is_head, node_shapes, work_resources
 from s2s.data import BUNDLED_DATA, DataError, load_pairs, pad_batch, split_pairs, token_batches
 from s2s.evaluate import corpus_scores
 from s2s.model import ModelConfig, Seq2Seq, sequence_loss, shift_target
-from s2s.progress import Console, duration
+from s2s.progress import Console, duration, relayed
 from s2s.output import absolute, is_uri
 from s2s.run_dir import CHECKPOINT_FILE, CONFIG_FILE, EXPERIMENT, LOGS, PREPARED, publish, run_config, working_copy
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_sentencepiece, train_sentencepiece
@@ -492,50 +491,6 @@ def train_loop_per_worker(config: dict) -> None:
     fit(config["cfg"], save, restored, ctx.get_world_rank(), ctx.get_world_size(), device, say, show)
 
 
-class Relay:
-    """The workers' lines for people, held for the driver to print (a Ray actor).
-
-    Ray forwards what a worker prints with its pid in front, line by line; through the relay each line
-    reaches the driver's console once, as is, and the progress line can be redrawn on a terminal.
-    """
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.progress = ""
-
-    def say(self, line: str) -> None:
-        self.lines.append(line)
-
-    def show(self, line: str) -> None:
-        self.progress = line
-
-    def take(self) -> tuple[list[str], str]:
-        lines, self.lines = self.lines, []
-        return lines, self.progress
-
-
-def print_relayed(relay, done: threading.Event, console: Console) -> None:
-    """Until `done`: every half second, print the relay's new lines and its progress line where it changed."""
-    import ray
-
-    shown = ""
-    while True:
-        finished = done.wait(0.5)
-        try:
-            lines, progress = ray.get(relay.take.remote(), timeout=30)
-        except Exception as e:  # the relay is for people: training goes on without it
-            console.say(f"(worker lines are no longer relayed: {e})")
-            return
-        for line in lines:
-            console.say(line)
-        if progress != shown:
-            drawn = console.last
-            console.show(progress, final=finished)
-            shown = progress if console.last != drawn else shown
-        if finished:
-            if console.drawn:
-                console.show(console.drawn, final=True)
-            return
 
 
 def worker_cpus(cfg: TrainConfig, node_cpus: list[float], use_gpu: bool) -> tuple[float, int]:
@@ -567,7 +522,6 @@ def train(cfg: TrainConfig) -> dict:
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from s2s.output import filesystem
     from s2s.run_dir import checkpoint_file
@@ -586,27 +540,18 @@ def train(cfg: TrainConfig) -> dict:
     # Ray Train 2.60 sends a worker's print() both to the driver and to its logger, and each line shows twice;
     # Ray Train passes this variable on to its workers
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    # on the driver's node, which an autoscaler never takes away
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    relay = ray.remote(num_cpus=0, scheduling_strategy=here)(Relay).remote()
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "threads": threads, "relay": relay},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": per_worker, **work_resources(alive)}),
-        run_config=RunConfig(storage_path=storage, storage_filesystem=fs, name=EXPERIMENT,
-                             # the best by valid BLEU and, always, the latest (Ray never deletes that one)
-                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score",
-                                                                checkpoint_score_order="max")),
-    )
-    done = threading.Event()
-    printer = threading.Thread(target=print_relayed, args=(relay, done, Console(every=0)), daemon=True)
-    printer.start()
-    try:
+    with relayed(Console(every=0)) as relay:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"cfg": cfg, "threads": threads, "relay": relay},
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": per_worker, **work_resources(alive)}),
+            run_config=RunConfig(storage_path=storage, storage_filesystem=fs, name=EXPERIMENT,
+                                 # the best by valid BLEU and, always, the latest (Ray never deletes that one)
+                                 checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score",
+                                                                    checkpoint_score_order="max")),
+        )
         result = trainer.fit()
-    finally:
-        done.set()
-        printer.join(timeout=60)
     if result.error:
         raise result.error
     best = torch.load(checkpoint_file(run, "best"), map_location="cpu", weights_only=False)

@@ -39,7 +39,7 @@ from s2s.cluster import init_ray, is_head, node_shapes, work_resources
 from s2s.export.runtime import choose_providers, library_versions
 from s2s.output import (ATTEMPTS_DIR, JOB_FILE, LEASE_FILE, RUN_FILE, STATS_KEY, SUCCESS_FILE, TMP_PREFIX, Lease, LeaseHeld,
                         absolute, delete_if_present, filesystem, is_uri, read_json, write_durably, write_json)
-from s2s.progress import Progress, say
+from s2s.progress import Progress, relayed, say
 from s2s.quality import QualityCounts, as_references
 from s2s.translator import DecodeConfig, Translation
 
@@ -247,16 +247,27 @@ class UnitAttempts:
 class TranslateBatch:
     """Ray Data actor: loads the model directory once, then translates whole units."""
 
-    def __init__(self, model: str, output: str, decode: DecodeConfig, variant: str, device: str, threads: int):
+    def __init__(self, model: str, output: str, decode: DecodeConfig, variant: str, device: str, threads: int, relay=None):
         from s2s.export.runtime import load_translator
 
         import ray
 
+        self.relay = relay
         self.translator = load_translator(model, decode, variant, device, threads)
         self.output, self.nbest, self.node = output, decode.nbest, ray.get_runtime_context().get_node_id()
-        say(f"translate actor pid {os.getpid()}: onnxruntime provider {self.translator.engine.provider}, "
+        self.say(f"translate actor pid {os.getpid()}: onnxruntime provider {self.translator.engine.provider}, "
               f"variant {self.translator.engine.variant}{' with the vocabulary map' if self.translator.engine.use_vmap else ''}, "
               f"{threads} thread(s)")
+
+    def say(self, line: str) -> None:
+        """A line for people, through the driver's relay (s2s.progress.Relay), which prints it as is; Ray would
+        print it with the actor's name and pid in front. Waited for: the actor may exit right after."""
+        import ray
+
+        try:
+            ray.get(self.relay.say.remote(line), timeout=10)
+        except Exception:  # noqa: BLE001 - no relay (an actor made outside run_translate) or it is gone
+            say(line)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
@@ -283,7 +294,7 @@ class TranslateBatch:
         if len(rec["poison"]) > MAX_POISON_ROWS or rec["deaths"] > ISOLATE_AFTER + len(rec["poison"]) + 2:
             raise RuntimeError(f"unit {self.attempts.path}: its actor died {rec['deaths']} times ({len(rec['poison'])} rows "
                                "flagged as crashing it); the machine or the model, not the rows, looks broken. Rerun with --resume.")
-        say(f"translate actor pid {os.getpid()}: unit {self.attempts.path} killed its actor {rec['deaths']} times; "
+        self.say(f"translate actor pid {os.getpid()}: unit {self.attempts.path} killed its actor {rec['deaths']} times; "
               f"translating it row by row ({len(rec['poison'])} row(s) flagged so far)")
         results = []
         for i, text in enumerate(texts):
@@ -323,7 +334,7 @@ class TranslateBatch:
         if rec["engine_failures"] >= MAX_ENGINE_FAILURES:
             raise RuntimeError(f"the translation engine failed in {rec['engine_failures']} fresh actors on unit "
                                f"{self.attempts.path}: {type(error).__name__}: {error}") from error
-        say(f"translate actor pid {os.getpid()}: the engine itself fails ({type(error).__name__}: {error}); "
+        self.say(f"translate actor pid {os.getpid()}: the engine itself fails ({type(error).__name__}: {error}); "
               "exiting so that Ray starts a fresh actor and retries the unit")
         os._exit(75)  # a crash, not a clean exit: Ray Data restarts the actor and retries its task
 
@@ -600,28 +611,29 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], fingerprint: str, 
           f"{f' (up to {most} as the cluster scales)' if most > actors else ''} x "
           f"{cpus_per_actor:.3g} CPU{f' + {cfg.gpus_per_actor:g} GPU' if cfg.gpus_per_actor else ''}, "
           f"{threads} onnxruntime thread(s) each")
-    # paths go to the workers absolute (or as URIs): the workers may run on other nodes
-    ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-    ds = ds.map_batches(read_texts, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
-                        fn_kwargs={"text_column": cfg.text_column})
-    # A dead actor is replaced and its unit retried: Ray Data's default for actor pools (tests/test_translate_faults.py).
-    ds = ds.map_batches(TranslateBatch, batch_size=None, batch_format="pyarrow", compute=pool,
-                        num_cpus=cpus_per_actor, num_gpus=cfg.gpus_per_actor or None, resources=placed or None,
-                        fn_constructor_kwargs={"model": absolute(cfg.model), "output": absolute(cfg.output), "decode": cfg.decode,
-                                               "variant": cfg.variant, "device": cfg.device, "threads": threads})
-    ds = ds.map_batches(commit_shard, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
-                        fn_kwargs={"output": absolute(cfg.output), "id_column": cfg.id_column, "text_column": cfg.text_column,
-                                   "fingerprint": fingerprint})
     committed: list[dict] = []
     t_data = time.time()
     progress = Progress(sum(u["stop"] - u["start"] for u in todo), "rows")
     rows = errors = 0
     try:
-        for row in ds.iter_rows():
-            committed.append(row)
-            stats = json.loads(row["stats"])
-            rows, errors = rows + stats["rows"], errors + stats["errors"]
-            progress.update(rows, f"{errors:,} error(s), {len(committed)}/{len(todo)} shards", final=len(committed) == len(todo))
+        with relayed(progress.console) as relay:
+            # paths go to the workers absolute (or as URIs): the workers may run on other nodes
+            ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+            ds = ds.map_batches(read_texts, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
+                                fn_kwargs={"text_column": cfg.text_column})
+            # A dead actor is replaced and its unit retried: Ray Data's default for actor pools (tests/test_translate_faults.py).
+            ds = ds.map_batches(TranslateBatch, batch_size=None, batch_format="pyarrow", compute=pool,
+                                num_cpus=cpus_per_actor, num_gpus=cfg.gpus_per_actor or None, resources=placed or None,
+                                fn_constructor_kwargs={"model": absolute(cfg.model), "output": absolute(cfg.output), "decode": cfg.decode,
+                                                       "variant": cfg.variant, "device": cfg.device, "threads": threads, "relay": relay})
+            ds = ds.map_batches(commit_shard, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
+                                fn_kwargs={"output": absolute(cfg.output), "id_column": cfg.id_column, "text_column": cfg.text_column,
+                                           "fingerprint": fingerprint})
+            for row in ds.iter_rows():
+                committed.append(row)
+                stats = json.loads(row["stats"])
+                rows, errors = rows + stats["rows"], errors + stats["errors"]
+                progress.update(rows, f"{errors:,} error(s), {len(committed)}/{len(todo)} shards", final=len(committed) == len(todo))
     finally:
         phases["translate_s"] = time.time() - t_data
         if started == "local cluster":  # now rather than at exit, where Ray's hook first sleeps 0.5 s for log lines

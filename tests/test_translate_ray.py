@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import time
 
@@ -21,13 +22,19 @@ def _output(path):
     return pa.concat_tables([pq.read_table(path / p) for p in parts]), parts
 
 
-def test_translate_end_to_end(tiny_model_dir, corpus_300, tmp_path, ray_2cpus):
+def test_translate_end_to_end(tiny_model_dir, corpus_300, tmp_path, ray_2cpus, capfd):
     signal.alarm(600)  # a hang on 2 CPUs fails the test instead of stalling CI
     try:
         summary = run_translate(TranslateConfig(input=str(corpus_300), output=str(tmp_path / "out"), model=str(tiny_model_dir),
                                                 decode=FAST, rows_per_shard=100))
     finally:
         signal.alarm(0)
+    # each actor's line reaches the driver's stderr once, as said: relayed, not forwarded by Ray with "(MapWorker... pid=...)"
+    told = capfd.readouterr().err.splitlines()
+    said = [line for line in told if "translate actor pid" in line]
+    assert said and all(re.fullmatch(r"translate actor pid \d+: onnxruntime provider CPUExecutionProvider, variant \w+, 1 thread\(s\)", line)
+                        for line in said), said
+    assert len(said) == len(set(said))
     table, parts = _output(tmp_path / "out")
     rows = table.to_pylist()
     assert len(parts) == 3 and table.num_rows == 300
