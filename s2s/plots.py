@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import IO
 
-import matplotlib
+# matplotlib's first import on a machine builds its font cache and logs "generated new fontManager" at INFO,
+# which a training worker's console shows in the middle of the run: not a line for people
+logging.getLogger("matplotlib.font_manager").setLevel(logging.WARNING)
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402

@@ -1,6 +1,9 @@
 """Pictures are real PNGs of the expected size, drawn from real runs."""
 
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -84,3 +87,13 @@ def test_evaluate_draws_attention_maps(tiny_run):
     assert len(result["samples"]) == 3 and len(result["attention_maps"]) == 2
     for path in result["attention_maps"]:
         assert _png_size(Path(path))[2] > 5_000
+
+
+def test_a_fresh_font_cache_says_nothing(tmp_path):
+    # a fresh machine (an empty MPLCONFIGDIR): matplotlib builds its font cache on first import and logs it at INFO
+    probe = "import logging; logging.basicConfig(level=logging.INFO); import s2s.plots"
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert any(p.name.startswith("fontlist") for p in (tmp_path / "mpl").iterdir())  # the cache was built in this run
+    assert "fontManager" not in done.stderr, done.stderr[-2000:]
