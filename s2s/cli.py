@@ -57,6 +57,7 @@ def train(
     bf16: Annotated[Optional[bool], typer.Option("--bf16/--fp32", help="bfloat16 autocast; default: on GPU and on CPUs with native bf16.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1234,
     resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir from its last checkpoint.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Also show Ray Train's own log lines (its worker group's start-up).")] = False,
 ) -> None:
     """Train an English->French (or any pair) LSTM translator with DDP under Ray Train."""
     from s2s.model import ModelConfig
@@ -69,7 +70,8 @@ def train(
         cfg = TrainConfig(run_dir=run_dir, data=data, source_column=source_column, target_column=target_column, model=model,
                           workers=workers, cpus=cpus, use_gpu=gpu, batch_tokens=batch_tokens, lr=lr, warmup_steps=warmup_steps,
                           label_smoothing=label_smoothing, average_last=average_last, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
-                          patience=patience, log_every=log_every, bf16=bf16, seed=seed, resume=resume)
+                          patience=patience, log_every=log_every, bf16=bf16, seed=seed, resume=resume,
+                          verbose=verbose)
         summary = run_training(cfg)
     except (ValueError, FileExistsError, FileNotFoundError) as e:  # DataError is a ValueError
         _fail(str(e))

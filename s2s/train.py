@@ -67,6 +67,7 @@ class TrainConfig:
     seed: int = 1234
     bf16: bool | None = None  # autocast to bfloat16; None: on GPU, and on CPUs with native bf16 (2x faster here)
     resume: bool = False  # continue from the run's latest Ray Train checkpoint instead of starting over
+    verbose: bool = False  # also Ray Train's own INFO lines (off: its worker-group start-up lines stay in Ray's log files)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -520,7 +521,7 @@ def train(cfg: TrainConfig) -> dict:
     without --resume is refused by `prepare`.
     """
     import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from s2s.output import filesystem
@@ -547,6 +548,7 @@ def train(cfg: TrainConfig) -> dict:
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": per_worker, **work_resources(alive)}),
             run_config=RunConfig(storage_path=storage, storage_filesystem=fs, name=EXPERIMENT,
+                                 logging_config=LoggingConfig(log_level="INFO" if cfg.verbose else "WARNING"),
                                  # the best by valid BLEU and, always, the latest (Ray never deletes that one)
                                  checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score",
                                                                     checkpoint_score_order="max")),
