@@ -31,7 +31,7 @@ import torch
 
 from s2s.data import token_batches
 from s2s.evaluate import corpus_scores, load_model
-from s2s.export.runtime import OrtEngine, load_model_dir
+from s2s.export.runtime import OrtEngine, load_model_dir, usable_cpus
 from s2s.plots import read_metrics
 from s2s.run_dir import checkpoint_file
 from s2s.tokenizer import load_sentencepiece
@@ -474,7 +474,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, help="a checkpoint.pt for the PyTorch rows instead of the run's best "
                     "(where Ray, which reads the run's checkpoints, is not installed)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
-    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads for both engines (default: the cores this process may use)")
+    ap.add_argument("--threads", type=int, default=usable_cpus(), help="threads for both engines (default: the cores this process may use)")
     ap.add_argument("--sentences", type=int, default=512, help="test sentences for the decode speed rows")
     ap.add_argument("--pipeline-rows", type=int, default=100000)
     ap.add_argument("--pipeline-beam", type=int, default=1)
@@ -494,7 +494,7 @@ def main() -> None:
         sys.exit(f"unknown sections {sorted(SELECTED - set(SECTIONS))}; choose from {SECTIONS}")
     import onnxruntime as ort
 
-    machine = {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)), "processor": platform.processor() or platform.machine(), "cpu_model": cpu_info("model name"),
+    machine = {"cpus": os.cpu_count(), "cpus_usable": usable_cpus(), "processor": platform.processor() or platform.machine(), "cpu_model": cpu_info("model name"),
                "cpu_features": cpu_features(),
                "python": platform.python_version(),
                "torch": torch.__version__, "onnxruntime": ort.__version__, "threads": a.threads,

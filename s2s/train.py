@@ -492,8 +492,6 @@ def train_loop_per_worker(config: dict) -> None:
     fit(config["cfg"], save, restored, ctx.get_world_rank(), ctx.get_world_size(), device, say, show)
 
 
-
-
 def worker_cpus(cfg: TrainConfig, node_cpus: list[float], use_gpu: bool) -> tuple[float, int]:
     """(CPUs each worker reserves, its torch threads): the threads follow the reservation, never the cluster.
 

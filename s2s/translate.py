@@ -256,17 +256,20 @@ class TranslateBatch:
         self.translator = load_translator(model, decode, variant, device, threads)
         self.output, self.nbest, self.node = output, decode.nbest, ray.get_runtime_context().get_node_id()
         self.say(f"translate actor pid {os.getpid()}: onnxruntime provider {self.translator.engine.provider}, "
-              f"variant {self.translator.engine.variant}{' with the vocabulary map' if self.translator.engine.use_vmap else ''}, "
-              f"{threads} thread(s)")
+                 f"variant {self.translator.engine.variant}{' with the vocabulary map' if self.translator.engine.use_vmap else ''}, "
+                 f"{threads} thread(s)")
 
     def say(self, line: str) -> None:
         """A line for people, through the driver's relay (s2s.progress.Relay), which prints it as is; Ray would
         print it with the actor's name and pid in front. Waited for: the actor may exit right after."""
         import ray
 
+        if self.relay is None:  # an actor made outside run_translate
+            say(line)
+            return
         try:
             ray.get(self.relay.say.remote(line), timeout=10)
-        except Exception:  # noqa: BLE001 - no relay (an actor made outside run_translate) or it is gone
+        except Exception:  # noqa: BLE001 - the relay is gone: the line still reaches Ray's log forwarding
             say(line)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -295,7 +298,7 @@ class TranslateBatch:
             raise RuntimeError(f"unit {self.attempts.path}: its actor died {rec['deaths']} times ({len(rec['poison'])} rows "
                                "flagged as crashing it); the machine or the model, not the rows, looks broken. Rerun with --resume.")
         self.say(f"translate actor pid {os.getpid()}: unit {self.attempts.path} killed its actor {rec['deaths']} times; "
-              f"translating it row by row ({len(rec['poison'])} row(s) flagged so far)")
+                 f"translating it row by row ({len(rec['poison'])} row(s) flagged so far)")
         results = []
         for i, text in enumerate(texts):
             if i in rec["poison"]:
@@ -335,7 +338,7 @@ class TranslateBatch:
             raise RuntimeError(f"the translation engine failed in {rec['engine_failures']} fresh actors on unit "
                                f"{self.attempts.path}: {type(error).__name__}: {error}") from error
         self.say(f"translate actor pid {os.getpid()}: the engine itself fails ({type(error).__name__}: {error}); "
-              "exiting so that Ray starts a fresh actor and retries the unit")
+                 "exiting so that Ray starts a fresh actor and retries the unit")
         os._exit(75)  # a crash, not a clean exit: Ray Data restarts the actor and retries its task
 
 
