@@ -287,6 +287,23 @@ def _cpu_copy(model: Seq2Seq) -> Seq2Seq:
     return copy.eval()
 
 
+def rng_state(device: torch.device) -> dict:
+    """The random generators a checkpoint keeps: the CPU's, and the GPU's where the worker trains on one
+    (dropout's masks are drawn there)."""
+    kept = {"rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        kept["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return kept
+
+
+def restore_rng(restored: dict, device: torch.device) -> None:
+    """Set the generators `rng_state` kept. A checkpoint loaded with map_location=<a GPU> has its RNG states
+    moved there too, but torch takes them only as CPU byte tensors."""
+    torch.set_rng_state(restored["rng"].cpu())
+    if device.type == "cuda" and "cuda_rng" in restored:
+        torch.cuda.set_rng_state(restored["cuda_rng"].cpu(), device)
+
+
 Save = Callable[[dict, dict | None], None]
 AVERAGE_EVERY = 10  # steps between the snapshots that checkpoint averaging takes
 
@@ -322,7 +339,7 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
         average = WeightAverage(restored.get("average"))
         state = restored["state"]
         # every rank seeds alike, so rank 0's state is everyone's: dropout continues as if never stopped
-        torch.set_rng_state(restored["rng"])
+        restore_rng(restored, device)
         if rank == 0:
             say(f"resumed at epoch {state['epoch']} batch {state['batch']} step {state['step']}")
 
@@ -333,7 +350,7 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
         kept = None
         if rank == 0:
             kept = {"model": weights or model.state_dict(), "optimizer": optimizer.state_dict(), "average": average.state_dict(),
-                    "state": dict(state), "model_config": dataclasses.asdict(model_cfg), "metrics": record, "rng": torch.get_rng_state()}
+                    "state": dict(state), "model_config": dataclasses.asdict(model_cfg), "metrics": record, **rng_state(device)}
             if weights is not None:
                 kept["train_model"] = model.state_dict()
         save(metrics, kept)

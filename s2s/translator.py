@@ -61,23 +61,28 @@ class Engine(Protocol):
 
 
 class TorchEngine:
-    """The PyTorch model as a step function (evaluation, the export parity gate, benchmarks)."""
+    """The PyTorch model as a step function (evaluation, the export parity gate, benchmarks).
+
+    It runs where the model's weights are: on a GPU the state stays there between steps and only the
+    log-probs come back to the host."""
 
     def __init__(self, model: torch.nn.Module):
         import torch  # imported here so that the Ray workers that only read and write Parquet never load torch
 
         self.torch, self.model = torch, model.eval()
+        self.device = next(model.parameters()).device
 
     def encode(self, src_ids: np.ndarray, src_lens: np.ndarray) -> State:
         with self.torch.inference_mode():
-            memory, mask, h, c, feed = self.model.encode(self.torch.from_numpy(src_ids), self.torch.from_numpy(src_lens))
+            memory, mask, h, c, feed = self.model.encode(self.torch.from_numpy(src_ids).to(self.device),
+                                                         self.torch.from_numpy(src_lens).to(self.device))
         return {"h": h, "c": c, "feed": feed, "memory": memory, "mask": mask}
 
     def step(self, prev: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         with self.torch.inference_mode():
-            lp, h, c, feed, attn = self.model.decode_step(self.torch.from_numpy(prev), state["h"], state["c"], state["feed"],
-                                                          state["memory"], state["mask"])
-        return lp.numpy(), {**state, "h": h, "c": c, "feed": feed, "attention": attn}
+            lp, h, c, feed, attn = self.model.decode_step(self.torch.from_numpy(prev).to(self.device), state["h"], state["c"],
+                                                          state["feed"], state["memory"], state["mask"])
+        return lp.float().cpu().numpy(), {**state, "h": h, "c": c, "feed": feed, "attention": attn}
 
 
 def pad_ids(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -37,7 +37,7 @@ class DecoderStep(torch.nn.Module):
 class DecoderState(torch.nn.Module):
     """The decoding step without the output projection -> feed (B, H), h, c, attention (B, S).
 
-    For vocabulary-map decoding (`export/vmap.py`): the projection then runs outside the graph over the
+    For vocabulary-map decoding (`s2s/export/vmap.py`): the projection then runs outside the graph over the
     batch's shortlist of target tokens, with the generator weights saved beside the graphs.
     """
 

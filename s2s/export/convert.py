@@ -43,20 +43,20 @@ class ExportConfig:
     # differ in dimension 0: (64) vs (256)"). `exporter="dynamo"` stays selectable for fp32 exports.
     exporter: str = "torchscript"
     opset: int = 18
-    checkpoint: str = "best"  # best or last
+    checkpoint: str = "best"  # best, last, or the path of a checkpoint.pt (a run trained without Ray Train, e.g. benchmarks/gpu_check.py)
     parity_sentences: int = 200  # held-out (valid) sentences the gate decodes
     batch_sizes: tuple[int, ...] = (1, 37)
     beam_size: int = 4
-    tolerance: float = 1e-4  # max |delta log-prob| per step, or twice PyTorch's own noise across batch sizes (export/parity.py)
+    tolerance: float = 1e-4  # max |delta log-prob| per step, or twice PyTorch's own noise across batch sizes (s2s/export/parity.py)
     quantize: str | None = None  # "int8": add an onnxruntime dynamic-quantized variant
     max_int8_bleu_loss: float = 0.5  # int8 becomes the CPU default only within this much valid BLEU
-    # the int8 variant's own gate against PyTorch fp32 (export/parity.py, measured in docs/results.md): the
+    # the int8 variant's own gate against PyTorch fp32 (s2s/export/parity.py, measured in docs/results.md): the
     # mean |delta log-prob| over the ranked tokens (quantization: about 0.04), ties where two candidates are
     # within 2 x int8_tolerance, and at most this share of outputs diverging beyond a tie (measured: 1%)
     int8_mean_tolerance: float = 0.1
     int8_tolerance: float = 0.25
     int8_max_divergent: float = 0.05
-    vmap: bool = True  # also export a vocabulary map (export/vmap.py) and the step graph without its projection
+    vmap: bool = True  # also export a vocabulary map (s2s/export/vmap.py) and the step graph without its projection
     vmap_per_source: int = 20  # target tokens kept per source token
     vmap_frequent: int = 1000  # most frequent target tokens, always kept
     max_input_tokens: int = 250
@@ -70,8 +70,8 @@ class ExportConfig:
             raise ValueError(f"quantize must be int8 or unset, got {self.quantize!r}")
         if self.quantize and self.exporter == "dynamo":
             raise ValueError("--quantize int8 needs the torchscript exporter: onnxruntime's quantizer rejects the dynamo graph's shapes")
-        if self.checkpoint not in ("best", "last"):
-            raise ValueError(f"checkpoint must be best or last, got {self.checkpoint!r}")
+        if self.checkpoint not in ("best", "last") and not self.checkpoint.endswith(".pt"):
+            raise ValueError(f"checkpoint must be best, last or the path of a checkpoint .pt file, got {self.checkpoint!r}")
         if self.parity_sentences < 1 or not self.batch_sizes or self.tolerance <= 0:
             raise ValueError("parity_sentences >= 1, at least one batch size and a positive tolerance are required")
 
@@ -146,7 +146,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
         raise FileExistsError(f"{out}: already exists and is not empty. Pass --overwrite or choose another --out.")
 
     # load
-    model, ckpt = load_model(checkpoint_file(run_dir, cfg.checkpoint, run))
+    model, ckpt = load_model(cfg.checkpoint if cfg.checkpoint.endswith(".pt") else checkpoint_file(run_dir, cfg.checkpoint, run))
     src_sp, tgt_sp = load_sentencepiece(run / "src.model"), load_sentencepiece(run / "tgt.model")
     valid = pq.read_table(run / "data" / "valid.parquet").to_pylist()
 
