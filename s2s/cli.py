@@ -139,12 +139,15 @@ def export(
 def translate(
     input: Annotated[str, typer.Argument(help="Parquet file, folder of shards, or glob; local or s3://, gs://. "
                                             "Or a .txt file (one sentence per line), or - for stdin: translated in this process.")],
-    output: Annotated[Optional[str], typer.Option(help="Output folder (default: outputs/<input name>); for text input a "
-                                                       "text file, or - for stdout (the default with stdin).")] = None,
+    output: Annotated[Optional[str], typer.Option(help="Output folder (default: outputs/<input name>): local, POSIX or s3://; for text "
+                                                       "input a text file, or - for stdout (the default with stdin).")] = None,
     model: Annotated[str, typer.Option(help="Exported model directory.")] = "models/eng-fra",
-    text_column: Annotated[str, typer.Option(help="Column with the text to translate.")] = "text",
-    id_column: Annotated[Optional[str], typer.Option(help="Column with row ids (default: add row_id = file#row).")] = None,
+    text_column: Annotated[str, typer.Option(help="Column with the text to translate (string, or binary holding UTF-8).")] = "text",
+    id_column: Annotated[Optional[str], typer.Option(help="Column with row ids, unique and never null (default: add row_id = file#row).")] = None,
+    allow_duplicate_ids: Annotated[bool, typer.Option(help="Accept an --id-column with duplicate or null values.")] = False,
     reference_column: Annotated[Optional[str], typer.Option(help="Column with references (string or list): adds BLEU/chrF to _run.json.")] = None,
+    result_prefix: Annotated[str, typer.Option(help="Write the results as <prefix>translation, <prefix>score, ... (for inputs "
+                                                    "that have columns of those names).")] = "",
     beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = 4,
     nbest: Annotated[int, typer.Option(help="Hypotheses per row; > 1 adds an nbest list column.")] = 1,
     length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = 1.0,
@@ -153,80 +156,77 @@ def translate(
     truncate: Annotated[bool, typer.Option(help="Truncate inputs over --max-input-tokens instead of refusing them.")] = False,
     max_decoding_length: Annotated[int, typer.Option(help="Hard cap on output tokens.")] = 256,
     use_vmap: Annotated[bool, typer.Option(help="Project each step onto the vocabulary-map shortlist (fp32: faster; int8: slower here).")] = False,
+    executor: Annotated[str, typer.Option(help="ray: Ray Data actors, on the cluster at RAY_ADDRESS or a local one; local: in this "
+                                               "process, without Ray (small inputs).")] = "ray",
     actors: Annotated[int, typer.Option(help="Translate actors (0: as many as fit, leaving room for I/O tasks).")] = 0,
     cpus_per_actor: Annotated[float, typer.Option(help="CPUs per actor, also its onnxruntime threads (0: one 1-thread actor per core, less half a CPU per node for I/O).")] = 0.0,
     gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor.")] = 0.0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (cuda fails at once if it cannot load).")] = "auto",
     variant: Annotated[str, typer.Option(help="Model variant: fp32, int8, or auto (the model's CPU default).")] = "auto",
-    rows_per_shard: Annotated[int, typer.Option(help="Rows per unit of work and output shard.")] = 2000,
+    rows_per_shard: Annotated[int, typer.Option(help="Rows per unit of work and output part.")] = 2000,
     date: Annotated[Optional[str], typer.Option(help="Fills {date} in the input and output paths (e.g. 2026-11-21).")] = None,
     partition: Annotated[Optional[str], typer.Option(help="Fills {partition} in the input and output paths.")] = None,
     max_error_rate: Annotated[float, typer.Option(help="Exit 1 when more than this share of rows has an error.")] = 0.05,
     overwrite: Annotated[bool, typer.Option(help="Empty a non-empty output folder first.")] = False,
-    resume: Annotated[bool, typer.Option(help="Finish an earlier run in the output folder; committed shards are kept.")] = False,
+    resume: Annotated[bool, typer.Option(help="Finish an earlier run in the output folder: verified parts are kept; parts of "
+                                              "input files that changed are redone, new files translated.")] = False,
+    lease_seconds: Annotated[float, typer.Option(help="How long the output folder's lease lasts without renewal.")] = 120.0,
     json_summary: Annotated[bool, typer.Option("--json", help="Print the run's summary (_run.json) on stdout, for scripts.")] = False,
     verbose: Annotated[bool, typer.Option(help="Also show Ray Data's own progress reports and logs.")] = False,
 ) -> None:
-    """Translate a Parquet corpus with onnxruntime in Ray Data actors; write Parquet shards, _run.json and _SUCCESS.
+    """Translate a Parquet corpus with onnxruntime in Ray Data actors; write Parquet parts, _run.json and _SUCCESS.
 
-    A text file (one sentence per line) or stdin is translated line by line into a text file or stdout."""
+    A text file (one sentence per line) or stdin is translated line by line into a text file or stdout.
+    Exit codes: 0 done, 1 error rate over --max-error-rate, 2 bad invocation, 3 the run failed (rerun with --resume)."""
     from s2s.export.runtime import DeviceError, ModelDirError
+    from s2s.lease import LeaseHeld, LeaseLost
     from s2s.textfile import is_text_path, translate_text
-    from s2s.translate import JobError, LeaseHeld, TranslateConfig, fill_template, run_translate
+    from s2s.translate import JobError, TranslateConfig, fill_template, run_translate
     from s2s.translator import DecodeConfig
 
+    text_mode = is_text_path(input)
     try:
         decode = DecodeConfig(beam_size=beam_size, nbest=nbest, length_penalty=length_penalty, max_batch_tokens=max_batch_tokens,
                               max_input_tokens=max_input_tokens, truncate_long_input=truncate, max_decoding_length=max_decoding_length,
                               use_vmap=use_vmap)
-        if is_text_path(input):
+        if text_mode:
             target = output or ("-" if input == "-" else str(Path("outputs") / Path(input).name))
             if json_summary and target == "-":
                 raise ValueError("--json and translations on stdout would mix; pass --output FILE with --json")
             if target != "-" and Path(target).exists() and not overwrite:
                 raise ValueError(f"{target}: already exists. Pass --overwrite or choose another --output.")
-            counts = translate_text(input, target, model, decode, variant, device)
-    except LeaseHeld as e:  # another live run: the scheduler retries later
+            summary = translate_text(input, target, model, decode, variant, device, max_error_rate=max_error_rate)
+            typer.echo(f"{summary['lines']:,} lines: {summary['translated']:,} translated, {summary['empty']:,} empty, "
+                       f"{summary['errors']:,} error(s), in {summary['seconds']} s; wrote {'stdout' if target == '-' else target}", err=True)
+        else:
+            values = {"date": date, "partition": partition}
+            input = fill_template(input, values)
+            out = fill_template(output, values) if output else str(Path("outputs") / Path(input.rstrip("/")).stem.replace("*", "all"))
+            cfg = TranslateConfig(input=input, output=out, model=model, text_column=text_column, id_column=id_column,
+                                  allow_duplicate_ids=allow_duplicate_ids, reference_column=reference_column, result_prefix=result_prefix,
+                                  decode=decode, executor=executor, actors=actors, cpus_per_actor=cpus_per_actor,
+                                  gpus_per_actor=gpus_per_actor, device=device, variant=variant, rows_per_shard=rows_per_shard,
+                                  max_error_rate=max_error_rate, overwrite=overwrite, resume=resume, lease_seconds=lease_seconds,
+                                  verbose=verbose)
+            summary = run_translate(cfg)
+    except (LeaseHeld, LeaseLost) as e:  # another live run, or this one lost the folder: the scheduler retries later
         _fail(str(e), code=3)
     except (JobError, ModelDirError, DeviceError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    if is_text_path(input):
-        if json_summary:
-            typer.echo(json.dumps(counts, indent=2))
-        typer.echo(f"{counts['lines']:,} lines: {counts['translated']:,} translated, {counts['empty']:,} empty, {counts['errors']:,} "
-                   f"error(s), in {counts['seconds']} s; wrote {'stdout' if target == '-' else target}", err=True)
-        if counts["error_rate"] > max_error_rate:
-            _fail(f"error rate {counts['error_rate']:.2%} is over --max-error-rate {max_error_rate:.2%}", code=1)
-        return
-
-    try:
-        values = {"date": date, "partition": partition}
-        input = fill_template(input, values)
-        out = fill_template(output, values) if output else str(Path("outputs") / Path(input.rstrip("/")).stem.replace("*", "all"))
-        cfg = TranslateConfig(input=input, output=out, model=model, text_column=text_column, id_column=id_column,
-                              reference_column=reference_column, decode=decode,
-                              actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, device=device,
-                              variant=variant, rows_per_shard=rows_per_shard, max_error_rate=max_error_rate,
-                              overwrite=overwrite, resume=resume, verbose=verbose)
-        summary = run_translate(cfg)
-    except LeaseHeld as e:  # another live run: the scheduler retries later
-        _fail(str(e), code=3)
-    except (JobError, ModelDirError, DeviceError, ValueError) as e:
-        _fail(str(e))
-    except Exception as e:  # noqa: BLE001 - Ray, storage or the machine failed: say so with the scheduler's code
-        _fail(f"run failed ({_failure(e)}). Committed shards are kept: rerun the same command with --resume "
-              "once the cause is fixed.", code=3)
+    except Exception as e:  # noqa: BLE001 - Ray, storage, a changed input or the machine failed: the scheduler's code
+        _fail(f"run failed ({_failure(e)}). " + ("Nothing was written; fix the cause and run again." if text_mode else
+              "Committed parts are kept: rerun the same command with --resume once the cause is fixed."), code=3)
     if json_summary:  # stdout is for machines; every line for people goes to stderr
         typer.echo(json.dumps({k: v for k, v in summary.items() if k != "nothing_to_do"}, indent=2))
-    if not summary.get("nothing_to_do"):
+    if not text_mode and not summary.get("nothing_to_do"):
         typer.echo(f"{summary['rows']:,} rows, {summary['errors']:,} errors ({summary['error_rate']:.2%}), "
                    f"{summary['sentences_per_s']} sentences/s, {summary['tokens_per_s']} tokens/s, "
                    f"provider {', '.join(summary['providers']) or 'none (nothing to do)'}, {summary['wall_seconds']} s; "
                    f"output in {cfg.output} (s2s-job report {cfg.output})", err=True)
     if summary["status"] == "failed_error_rate":
-        _fail(f"error rate {summary['error_rate']:.2%} is over --max-error-rate {cfg.max_error_rate:.2%} (status failed_error_rate "
-              f"in {cfg.output}/_run.json; see its error_kinds). Rerunning with --resume gives the same answer unless "
-              "--max-error-rate is raised.", code=1)
+        where = f"{cfg.output}/_run.json" if not text_mode else (f"{summary['output']}.failed.json" if summary["output"] != "-" else "the lines above")
+        _fail(f"error rate {summary['error_rate']:.2%} is over --max-error-rate {summary['max_error_rate']:.2%} (status failed_error_rate; "
+              f"see {where}). Rerunning gives the same answer unless --max-error-rate is raised.", code=1)
     if summary["status"] != "complete":
         _fail(f"run incomplete: {summary['shards_committed']} of {summary['shards_total']} shards committed; rerun with --resume.", code=3)
 

@@ -52,7 +52,7 @@ def read_table(path: str | Path, columns: list[str]) -> pa.Table:
     URI (s3://...). Raise DataError naming what is wrong."""
     import pyarrow.fs as pafs
 
-    from s2s.output import filesystem
+    from s2s.storage import filesystem
 
     columns = list(dict.fromkeys(columns))  # the same column on both sides is read once
 

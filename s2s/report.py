@@ -38,7 +38,8 @@ def load_run(output_dir: str | Path) -> dict:
     """_run.json of a translate output folder (run.json before 2026-12), local or at any URI pyarrow reads."""
     import pyarrow.fs as pafs
 
-    from s2s.output import RUN_FILE, filesystem
+    from s2s.commit import RUN_FILE
+    from s2s.storage import filesystem
 
     spec = str(output_dir)
     fs, base = filesystem(spec)
@@ -150,12 +151,15 @@ def write_html(output_dir: str | Path, out: str | Path, samples: int = 50) -> Pa
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    from s2s.output import filesystem
+    from s2s.storage import filesystem
 
     run = load_run(output_dir)
     fs, base = filesystem(str(output_dir))
     parts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(base)) if i.base_name.startswith("part-"))
     table = pq.read_table(parts, filesystem=fs) if parts else None
+    named = run.get("result_columns") or {}  # where the results went (--result-prefix); older runs: the plain names
+    if table is not None:
+        table = table.rename_columns([{v: k for k, v in named.items() if k != "row_id"}.get(c, c) for c in table.column_names])
     rows = table.to_pylist() if table is not None else []
     text_col = next((c for c in ("text", "src", "source") if table is not None and c in table.column_names), None)
     id_col = "row_id" if table is not None and "row_id" in table.column_names else None

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from s2s.output import build_folder_once, filesystem, is_uri, read_json, write_durably
+from s2s.storage import build_folder_once, filesystem, is_uri, read_json, write_durably
 
 CONFIG_FILE = "config.json"
 EXPERIMENT = "train"  # RunConfig.name: Ray Train's folder inside the run

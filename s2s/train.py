@@ -30,7 +30,7 @@ from s2s.data import BUNDLED_DATA, DataError, load_pairs, pad_batch, split_pairs
 from s2s.evaluate import corpus_scores
 from s2s.model import ModelConfig, Seq2Seq, sequence_loss, shift_target
 from s2s.progress import Console, duration, relayed
-from s2s.output import absolute, is_uri
+from s2s.storage import absolute, is_uri
 from s2s.run_dir import CHECKPOINT_FILE, CONFIG_FILE, EXPERIMENT, LOGS, PREPARED, publish, run_config, working_copy
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_sentencepiece, train_sentencepiece
 from s2s.translator import DecodeConfig, TorchEngine, Translator
@@ -539,7 +539,7 @@ def train(cfg: TrainConfig) -> dict:
     from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from s2s.output import filesystem
+    from s2s.storage import filesystem
     from s2s.run_dir import checkpoint_file
 
     run = absolute(cfg.run_dir).rstrip("/")

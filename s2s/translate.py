@@ -1,79 +1,75 @@
-"""`s2s-job translate`: Parquet in, Parquet out, on Ray Data with onnxruntime actors. Every row exactly once.
+"""`s2s-job translate`: Parquet in, Parquet out, every row exactly once, on Ray Data or in this process.
 
-The driver lists the input files and cuts them into units (row ranges of one file), then wires
+    lease      s2s/lease.py     take the output folder's next epoch (another live run: exit 3)
+    plan       s2s/inputs.py    list the input once, pin every file, check its footer, cut it into units
+    prepare    s2s/commit.py    --overwrite empties the folder, --resume verifies every part already there
+    translate  s2s/actor.py     Ray Data:  from_items(units) -> read_texts (tasks) -> TranslateBatch (actor
+                                pool) -> commit (tasks); or, with --executor local, the same steps in a loop
+    finish     s2s/status.py    _run.json, then _SUCCESS once a last listing shows exactly the verified parts
 
-    from_items(units) -> map_batches(read_texts)        tasks: pyarrow reads each unit's text column
-                      -> map_batches(TranslateBatch)    actor pool: loads the model once, translates
-                      -> map_batches(commit_shard)      tasks: re-read the unit's rows, add the results and
-                                                        write part-<unit>.parquet (s2s/output.py)
+Each Ray Data stage passes one row per unit (its texts, or its results, as lists), so Ray Data's block
+splitting never cuts a unit in two, and the pass-through columns, however wide, never travel through Ray
+Data: the commit reads them from the input again, from the version the plan pinned.
 
-Each stage passes one row per unit (its texts or its results as lists), so Ray Data's block splitting,
-which cuts a large map output into several blocks, can never cut a unit in two. The pass-through columns,
-however wide, never travel through Ray Data: the commit task reads them from the input again. The commit
-checks the unit's row count before it writes, and the part's footer records the unit and the run's
-fingerprint, which `--resume` verifies.
-
-Why not `read_parquet`/`write_parquet` (or Ray Data's checkpointing, see docs/exactly-once.md): the
-default id needs each row's position in its file, which `read_parquet` does not give, and exactly-once
-needs one output file per input unit committed with a rename and verified on resume.
+Why not `read_parquet`/`write_parquet`, or Ray Data's checkpointing (docs/exactly-once.md): the default id
+needs each row's position in its file, and exactly-once needs one part per unit, published only if absent,
+fenced by the lease, and verified on resume.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from s2s.actor import TranslateBatch, results_columns, translate_here
 from s2s.cluster import init_ray, is_head, node_shapes, work_resources
+from s2s.commit import (JOB_FILE, RUN_FILE, STAGING_DIR, SUCCESS_FILE, commit_unit, final_check, now_utc, open_folder, read_marker, remove_success,
+                        verify_parts, write_marker, write_success)
 from s2s.export.runtime import choose_providers, library_versions
-from s2s.output import (ATTEMPTS_DIR, JOB_FILE, LEASE_FILE, RUN_FILE, STATS_KEY, SUCCESS_FILE, TMP_PREFIX, Lease, LeaseHeld,
-                        absolute, delete_if_present, filesystem, is_uri, read_json, write_durably, write_json)
+from s2s.inputs import JobError, Plan, as_bytes, plan, read_rows, read_texts, result_names, texts_digest
+from s2s.lease import LEASE_DIR, Fence, Lease, LeaseHeld, LeaseLost
 from s2s.progress import Progress, relayed, say
 from s2s.quality import QualityCounts, as_references
-from s2s.translator import DecodeConfig, Translation
+from s2s.status import fingerprint, outcome, summarize
+from s2s.storage import absolute, filesystem
+from s2s.translator import DecodeConfig
 
 log = logging.getLogger(__name__)
 
-RESULT_TYPES = {"translation": pa.string(), "score": pa.float64(), "src_tokens": pa.int32(), "tgt_tokens": pa.int32(),
-                "error": pa.string(), "nbest": pa.list_(pa.struct([("translation", pa.string()), ("score", pa.float64())]))}
-RESULT_COLUMNS = ("translation", "score", "src_tokens", "tgt_tokens", "error")  # nbest too, with --nbest > 1
-
-__all__ = ["JobError", "LeaseHeld", "TranslateConfig", "run_translate", "filesystem"]
-
-
-class JobError(ValueError):
-    """A run that cannot start: the message names the input, column or directory and what to do."""
+__all__ = ["JobError", "LeaseHeld", "LeaseLost", "TranslateConfig", "run_translate", "fill_template", "size_actor_pool"]
 
 
 @dataclass(frozen=True)
 class TranslateConfig:
     input: str  # a Parquet file, a folder of shards, or a glob; local or any pyarrow URI (s3://, gs://)
-    output: str  # folder for the output shards, _run.json and _SUCCESS
+    output: str  # folder for the output parts, _run.json and _SUCCESS: local, POSIX or s3://
     model: str = "models/eng-fra"  # exported model directory
     text_column: str = "text"
     id_column: str | None = None  # None: add `row_id` = "<file path within the input>#<row>"
+    allow_duplicate_ids: bool = False  # accept an id column with duplicate or null values
     reference_column: str | None = None  # references (a string or a list of strings): adds BLEU/chrF to _run.json
+    result_prefix: str = ""  # results go to <prefix>translation, <prefix>score, ... (for inputs that have such columns)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    executor: str = "ray"  # ray: Ray Data actors (a cluster at RAY_ADDRESS, or a local one); local: in this process
     actors: int = 0  # 0: as many as fit while leaving room for the read and write tasks (see `size_actor_pool`)
     cpus_per_actor: float = 0.0  # 0: one core's worth, less the half CPU each node keeps for I/O tasks
     gpus_per_actor: float = 0.0
     device: str = "auto"  # auto, cpu or cuda (cuda fails at once where it cannot load)
     variant: str = "auto"  # fp32, int8, or the model's CPU default
-    rows_per_shard: int = 2000  # one unit of work, output file and resume step
+    rows_per_shard: int = 2000  # one unit of work, output part and resume step
     max_error_rate: float = 0.05  # exit nonzero past this share of rows with an error
     overwrite: bool = False
     resume: bool = False
+    lease_seconds: float = 120.0  # the output folder's lease lasts this long without renewal (s2s/lease.py)
     verbose: bool = False  # also Ray Data's own progress reports and logs (off: one progress line)
 
     def __post_init__(self) -> None:
@@ -85,9 +81,14 @@ class TranslateConfig:
             raise ValueError(f"max_error_rate must be between 0 and 1, got {self.max_error_rate}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.executor not in ("ray", "local"):
+            raise ValueError(f"executor must be ray or local, got {self.executor!r}")
+        if self.lease_seconds < 2:
+            raise ValueError(f"lease_seconds must be at least 2, got {self.lease_seconds}")
 
-
-# ---------------------------------------------------------------- inputs and units (driver)
+    @property
+    def names(self) -> dict[str, str]:
+        return result_names(self.result_prefix, self.decode.nbest > 1, self.id_column)
 
 
 def fill_template(path: str, values: dict[str, str | None]) -> str:
@@ -101,321 +102,198 @@ def fill_template(path: str, values: dict[str, str | None]) -> str:
     return path
 
 
-def list_inputs(spec: str) -> tuple[pafs.FileSystem, list[dict]]:
-    """The Parquet files named by a file, a folder (searched recursively) or a glob, sorted.
-
-    Each comes with its size and modification time (the run's fingerprint covers them) and its label: its
-    path within the folder or glob base it was found under, which makes the default row ids unique.
-    """
-    fs, path = filesystem(spec)
-    if any(ch in path for ch in "*?["):
-        root = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0] or "/"
-        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-        found = [i for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)]
-    else:
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
-            raise JobError(f"{spec}: no such input. Pass a Parquet file, a folder of shards or a glob.")
-        if info.type == pafs.FileType.File:
-            root, found = path.rsplit("/", 1)[0], [info]
-        else:
-            root = path.rstrip("/")
-            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-            found = [i for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")
-                     and not any(part.startswith(("_", ".")) for part in i.path[len(root) + 1:].split("/"))]
-    if not found:
-        raise JobError(f"{spec}: no Parquet files found there.")
-    # a URI keeps its scheme and query (?endpoint_override=...): the read and commit tasks open it with `filesystem`
-    scheme, query = (spec.split("://", 1)[0] + "://", spec.partition("?")[2]) if is_uri(spec) else ("", "")
-    return fs, [{"path": scheme + i.path + (f"?{query}" if query else ""), "label": i.path[len(root) + 1:], "size": i.size,
-                 "mtime_ns": i.mtime_ns} for i in sorted(found, key=lambda i: i.path)]
+# ---------------------------------------------------------------- the run
 
 
-def plan_units(fs: pafs.FileSystem, files: list[dict], cfg: TranslateConfig) -> list[dict]:
-    """Check every file's footer (readable, has the columns) and cut it into row ranges."""
-    units = []
-    for f in files:
-        try:
-            with fs.open_input_file(filesystem(f["path"])[1]) as handle:
-                meta = pq.ParquetFile(handle)
-                names, n_rows = meta.schema_arrow.names, meta.metadata.num_rows
-        except (pa.ArrowInvalid, OSError) as e:
-            raise JobError(f"{f['path']}: not a readable Parquet file ({e}). Fix or remove it, then run again.") from e
-        for col, flag in ((cfg.text_column, "--text-column"), (cfg.id_column, "--id-column"), (cfg.reference_column, "--reference-column")):
-            if col and col not in names:
-                raise JobError(f"{f['path']}: no column {col!r}; it has {names}. Name the right one with {flag}.")
-        if not cfg.id_column and "row_id" in names:
-            raise JobError(f"{f['path']}: already has a column 'row_id'; pass --id-column row_id to use it as the id.")
-        key = hashlib.sha1(f["path"].encode()).hexdigest()[:12]
-        for start in range(0, n_rows, cfg.rows_per_shard):
-            units.append({"path": f["path"], "label": f["label"], "start": start, "stop": min(n_rows, start + cfg.rows_per_shard),
-                          "name": f"part-{key}-{start:010d}.parquet"})
-    return units
+def run_translate(cfg: TranslateConfig) -> dict:
+    """Translate every row of the input into the output folder; return (and write) the run's summary."""
+    from s2s.export.runtime import load_model_dir
 
-
-# ---------------------------------------------------------------- the three stages (Ray tasks and actors)
-
-
-_LAST_ROW_GROUP: dict[tuple, pa.Table] = {}  # the row group this worker process decoded last
-
-
-def read_rows(unit: dict, columns: list[str] | None = None) -> pa.Table:
-    """The unit's rows (or some of their columns), read from its file.
-
-    A row group is decoded once per process and reused: Parquet cannot read rows k..k+n without decoding
-    the group from its start, and writers make groups of up to a million rows, so without this a file with
-    one big group would be decoded once per unit (quadratic; measured: a read task ate half a core on a
-    100k-row file).
-    """
-    fs, path = filesystem(unit["path"])
+    t0 = time.time()
+    model_dir = load_model_dir(cfg.model)  # fails at once, naming the file, before any work starts
+    if cfg.device == "cuda" and (cfg.executor == "local" or not os.environ.get("RAY_ADDRESS")):
+        choose_providers("cuda")  # the engines will run on this machine: fail now, not inside Ray
+    work = plan(cfg.input, cfg.text_column, cfg.rows_per_shard, cfg.names, cfg.id_column, cfg.reference_column, cfg.allow_duplicate_ids)
+    if work.skipped:
+        say(f"{cfg.input}: {work.skipped}")
+    _check_output(cfg)  # read-only: a folder that is not this job's is never written to, not even a lease
+    lease = Lease(cfg.output, cfg.lease_seconds)
+    lease.acquire()
     try:
-        info = fs.get_file_info(path)
-        with fs.open_input_file(path) as handle:
-            pf = pq.ParquetFile(handle)
-            parts, offset = [], 0
-            for rg in range(pf.num_row_groups):
-                n = pf.metadata.row_group(rg).num_rows
-                if offset + n > unit["start"] and offset < unit["stop"]:
-                    key = (path, info.size, info.mtime_ns, tuple(columns or ()), rg)
-                    if key not in _LAST_ROW_GROUP:
-                        _LAST_ROW_GROUP.clear()
-                        _LAST_ROW_GROUP[key] = pf.read_row_group(rg, columns=columns)
-                    t = _LAST_ROW_GROUP[key]
-                    parts.append(t.slice(max(0, unit["start"] - offset), unit["stop"] - max(offset, unit["start"])))
-                offset += n
-    except (pa.ArrowException, OSError) as e:
-        raise OSError(f"{unit['path']}: rows {unit['start']}..{unit['stop']} cannot be read ({type(e).__name__}: {e}). Fix or "
-                      "replace the file and start over with --overwrite (a changed input is refused by --resume), "
-                      "or take it out of the input.") from e
-    return pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table()
+        return _run(cfg, lease, work, model_dir.manifest, t0)
+    except KeyboardInterrupt:
+        if lease.lost:  # the renewal thread found the lease lost and interrupted the wait
+            raise LeaseLost(lease.lost) from None
+        raise
+    finally:
+        lease.release()
 
 
-def read_texts(batch: pa.Table, text_column: str) -> pa.Table:
-    """Add each unit's texts as one list cell: one row per unit, so no block boundary can split a unit.
-
-    String columns are passed as bytes: a row whose bytes are not UTF-8 then fails alone, in the translator,
-    instead of failing the whole read (pyarrow raises on converting such a string).
-    """
-    cells = []
-    for unit in batch.select(["path", "start", "stop"]).to_pylist():
-        col = read_rows(unit, [text_column]).column(0).combine_chunks()
-        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            col = col.view(pa.large_binary() if pa.types.is_large_string(col.type) else pa.binary())
-        cells.append(col)
-    return batch.append_column("texts", pa.array([c.to_pylist() for c in cells]))
-
-
-CANARY = "a"  # a text any model translates: when it fails too, the engine is broken, not the row
-ISOLATE_AFTER = 2  # deaths of a unit's actor before its rows are translated one at a time
-MAX_ENGINE_FAILURES = 3  # fresh actors whose engine failed on one unit before the run stops
-MAX_POISON_ROWS = 10  # rows of one unit that crashed their actor before the run stops
+def _check_output(cfg: TranslateConfig) -> None:
+    """Refuse, before taking the lease, an output that is a file, or a non-empty folder this job did not write."""
+    fs, out = filesystem(cfg.output)
+    info = fs.get_file_info(out)
+    if info.type == pafs.FileType.File:
+        raise JobError(f"{cfg.output}: is a file; --output must be a folder")
+    if info.type != pafs.FileType.Directory:
+        return
+    names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(out))} - {LEASE_DIR, STAGING_DIR}
+    if names and not (cfg.overwrite or cfg.resume):
+        raise JobError(f"{cfg.output}: not empty. Pass --resume to finish an earlier run there, or --overwrite to start over.")
+    if names and JOB_FILE not in names:
+        raise JobError(f"{cfg.output}: has files but no {JOB_FILE}, so it was not written by s2s-job translate, and neither "
+                       "--resume nor --overwrite touches it. Choose another --output.")
 
 
-class UnitAttempts:
-    """How often a unit was started on an actor without finishing, kept in the output folder.
-
-    Ray Data restarts a dead actor and retries its unit without limit. A row that kills the process every
-    time (a crash in native code) would loop forever, so after ISOLATE_AFTER deaths the unit's rows are
-    translated one at a time, each recorded as in flight first: the row in flight when the actor died again
-    is flagged on the next start instead of translated. Only deaths count: a row that raises is flagged at
-    once by bisecting its batch.
-    """
-
-    def __init__(self, output: str, name: str):
-        self.fs, out = filesystem(output)
-        self.path = f"{out}/{ATTEMPTS_DIR}/{name}.json"
-        self.record: dict = {}
-
-    def start(self) -> dict:
-        rec = read_json(self.fs, self.path) or {"starts": 0, "engine_failures": 0, "poison": [], "in_flight": None}
-        if rec["in_flight"] is not None:
-            rec["poison"].append(rec["in_flight"])
-            rec["in_flight"] = None
-        rec["deaths"] = rec["starts"] - rec["engine_failures"]  # every earlier start ended without finishing
-        rec["starts"] += 1
-        self.record = rec
-        self.save()
-        return rec
-
-    def save(self) -> None:
-        write_json(self.fs, self.path, self.record)
-
-    def finish(self) -> None:
-        delete_if_present(self.fs, self.path)
-
-
-class TranslateBatch:
-    """Ray Data actor: loads the model directory once, then translates whole units."""
-
-    def __init__(self, model: str, output: str, decode: DecodeConfig, variant: str, device: str, threads: int, relay=None):
-        from s2s.export.runtime import load_translator
-
-        import ray
-
-        self.relay = relay
-        self.translator = load_translator(model, decode, variant, device, threads)
-        self.output, self.nbest, self.node = output, decode.nbest, ray.get_runtime_context().get_node_id()
-        self.say(f"translate actor pid {os.getpid()}: onnxruntime provider {self.translator.engine.provider}, "
-                 f"variant {self.translator.engine.variant}{' with the vocabulary map' if self.translator.engine.use_vmap else ''}, "
-                 f"{threads} thread(s)")
-
-    def say(self, line: str) -> None:
-        """A line for people, through the driver's relay (s2s.progress.Relay), which prints it as is; Ray would
-        print it with the actor's name and pid in front. Waited for: the actor may exit right after."""
-        import ray
-
-        if self.relay is None:  # an actor made outside run_translate
-            say(line)
-            return
-        try:
-            ray.get(self.relay.say.remote(line), timeout=10)
-        except Exception:  # noqa: BLE001 - the relay is gone: the line still reaches Ray's log forwarding
-            say(line)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = []
-        for unit in batch.to_pylist():
-            results = self._translate_unit(unit["name"], unit.pop("texts"))
-            rows.append({**unit, "translation": [r.translation for r in results], "score": [r.score for r in results],
-                         "src_tokens": [r.src_tokens for r in results], "tgt_tokens": [r.tgt_tokens for r in results],
-                         "error": [r.error for r in results], "provider": self.translator.engine.provider, "node": self.node,
-                         **({"nbest": [[{"translation": t, "score": s} for t, s in r.nbest] for r in results]} if self.nbest > 1 else {})})
-        return pa.Table.from_pylist(rows)
-
-    def _translate_unit(self, name: str, texts: list) -> list[Translation]:
-        self.attempts = UnitAttempts(self.output, name)
-        rec = self.attempts.start()
-        if rec["deaths"] < ISOLATE_AFTER:
-            results = self._safe_translate(texts)
+def _run(cfg: TranslateConfig, lease: Lease, work: Plan, manifest: dict, t0: float) -> dict:
+    folder = open_folder(cfg.output, lease.fence)
+    folder.begin()
+    remove_success(folder)  # whatever happens next, _SUCCESS no longer speaks for this folder
+    names = cfg.names
+    settings = {"model": absolute(cfg.model), "text_column": cfg.text_column, "id_column": cfg.id_column, "names": names,
+                "rows_per_shard": cfg.rows_per_shard, "decode": dataclasses.asdict(cfg.decode), "variant": cfg.variant}
+    job = {"fingerprint": fingerprint({**settings, "model_files": manifest["files"]}), "settings": settings, "names": names,
+           "text_column": cfg.text_column, "id_column": cfg.id_column}
+    done, previous = _prepare(folder, cfg, work, job)
+    todo = [u for u in work.units if u["name"] not in done]
+    say(f"{len(work.files)} input file(s), {sum(u['stop'] - u['start'] for u in work.units):,} rows in {len(work.units)} "
+        f"shard(s); {len(done)} already committed, {len(todo)} to do")
+    parts = {name: d["stats"] for name, d in done.items()}
+    expected = {name: d["meta"] for name, d in done.items()}
+    phases = {"prepare_s": time.time() - t0}
+    failed = True
+    try:
+        if todo:
+            run = _translate_on_ray if cfg.executor == "ray" else _translate_here
+            for c in run(cfg, todo, folder, job, lease, phases, t0):
+                parts[c["name"]], expected[c["name"]] = c["stats"], c["meta"]
+        failed = False
+    finally:  # a failed run still records what it committed, as incomplete
+        complete = not failed and all(u["name"] in parts for u in work.units)
+        problem = final_check(folder, expected) if complete else None
+        summary = _summary(cfg, work, parts, set(parts) - set(done), complete and not problem, time.time() - t0, manifest, lease)
+        if problem:
+            summary["problem"] = f"the folder changed under this run: {problem}"
+        summary["phase_seconds"] = {k: round(v, 2) for k, v in phases.items()}  # where wall_seconds went
+        judged = ("status", "complete", "error_rate", "max_error_rate")
+        if not todo and previous and all(previous.get(k) == summary[k] for k in ("rows", "errors", "shards_total")):
+            # nothing done now: the record of how the work went stays, the outcome judged again (the gate may have moved)
+            unchanged = all(previous.get(k) == summary[k] for k in judged)
+            summary = {**previous, **{k: summary[k] for k in judged}, "nothing_to_do": True}
+            say(f"nothing to do: all {len(work.units)} shards are already in {cfg.output}; status {summary['status']}")
         else:
-            results = self._isolate(texts, rec)
-        self.attempts.finish()
-        return results
-
-    def _isolate(self, texts: list, rec: dict) -> list[Translation]:
-        """One row at a time, each marked in flight first, skipping the rows that killed earlier attempts."""
-        if len(rec["poison"]) > MAX_POISON_ROWS or rec["deaths"] > ISOLATE_AFTER + len(rec["poison"]) + 2:
-            raise RuntimeError(f"unit {self.attempts.path}: its actor died {rec['deaths']} times ({len(rec['poison'])} rows "
-                               "flagged as crashing it); the machine or the model, not the rows, looks broken. Rerun with --resume.")
-        self.say(f"translate actor pid {os.getpid()}: unit {self.attempts.path} killed its actor {rec['deaths']} times; "
-                 f"translating it row by row ({len(rec['poison'])} row(s) flagged so far)")
-        results = []
-        for i, text in enumerate(texts):
-            if i in rec["poison"]:
-                results.append(Translation(None, None, 0, 0, error=f"row crashed the translate actor's process; flagged after "
-                                                                   f"{rec['deaths']} attempts instead of translated"))
-                continue
-            rec["in_flight"] = i
-            self.attempts.save()
-            results += self._safe_translate([text])
-        return results
-
-    def _safe_translate(self, texts: list) -> list[Translation]:
-        """Translate; where a batch raises, split it until the failing rows are found and flagged.
-
-        A failure that is not the rows' (the session or the device) shows as the canary failing too: then
-        the actor exits, so that Ray Data starts a fresh one and retries the unit, instead of committing
-        every row of the unit as an error.
-        """
-        try:
-            return self.translator.translate(texts)
-        except Exception as e:  # noqa: BLE001 - one bad row must not cost the others
-            try:
-                self.translator.translate([CANARY])
-            except Exception:  # noqa: BLE001
-                self._engine_failed(e)
-            if len(texts) == 1:
-                return [Translation(None, None, 0, 0, error=f"{type(e).__name__}: {e}")]
-            mid = len(texts) // 2
-            return self._safe_translate(texts[:mid]) + self._safe_translate(texts[mid:])
-
-    def _engine_failed(self, error: Exception) -> None:
-        rec = self.attempts.record
-        rec["engine_failures"] += 1
-        rec["in_flight"] = None
-        self.attempts.save()
-        if rec["engine_failures"] >= MAX_ENGINE_FAILURES:
-            raise RuntimeError(f"the translation engine failed in {rec['engine_failures']} fresh actors on unit "
-                               f"{self.attempts.path}: {type(error).__name__}: {error}") from error
-        self.say(f"translate actor pid {os.getpid()}: the engine itself fails ({type(error).__name__}: {error}); "
-                 "exiting so that Ray starts a fresh actor and retries the unit")
-        os._exit(75)  # a crash, not a clean exit: Ray Data restarts the actor and retries its task
+            unchanged = False
+        if not lease.lost and not unchanged:
+            write_marker(folder, RUN_FILE, {k: v for k, v in summary.items() if k != "nothing_to_do"})
+    if problem:
+        raise LeaseLost(summary["problem"] + "; no _SUCCESS was written. Rerun with --resume.")
+    if summary["status"] == "complete":
+        write_success(folder, {"fingerprint": job["fingerprint"], "epoch": lease.epoch, "finished": now_utc(), "rows": summary["rows"],
+                               "inputs": [{k: f[k] for k in ("path", "pin", "rows")} for f in work.files],
+                               "parts": {name: stats["rows"] for name, stats in sorted(parts.items())}})
+    return summary
 
 
-def commit_shard(batch: pa.Table, output: str, id_column: str | None, text_column: str, fingerprint: str) -> pa.Table:
-    """Join each unit's results to its input rows and write them to part-<unit>.parquet, whole or not at all.
-
-    The rows are read from the input again (the pass-through columns never went through Ray Data); the
-    commit refuses to write a unit whose row count is not the one planned. The part's footer holds its
-    unit, the run's fingerprint and its counts (`shard_stats`), so `--resume` verifies the part and
-    _run.json sums footers instead of reading every row back.
-    """
-    fs, out = filesystem(output)
-    done = []
-    for unit in batch.to_pylist():
-        planned = unit["stop"] - unit["start"]
-        rows, repaired = _valid_utf8(read_rows(unit))
-        if not id_column:
-            rows = rows.append_column("row_id", pa.array([f"{unit['label']}#{i}" for i in range(unit["start"], unit["stop"])]))
-        names = RESULT_COLUMNS + (("nbest",) if "nbest" in batch.column_names else ())
-        if {rows.num_rows, *(len(unit[c]) for c in names)} != {planned}:
-            raise RuntimeError(f"{unit['name']}: {rows.num_rows} input rows and {len(unit['error'])} results for the "
-                               f"{planned} rows planned from {unit['path']} rows {unit['start']}..{unit['stop']}; not committed")
-        for name in names:
-            rows = rows.append_column(name, pa.array(unit[name], RESULT_TYPES[name]))
-        counts = {**shard_stats(rows, text_column), "repaired_utf8_cells": repaired}
-        stats = {"unit": {k: unit[k] for k in ("path", "label", "start", "stop")}, "fingerprint": fingerprint,
-                 "provider": unit["provider"], "node": unit["node"], **counts}
-        rows = rows.replace_schema_metadata({**(rows.schema.metadata or {}), STATS_KEY: json.dumps(stats).encode()})
-        write_durably(fs, f"{out}/{unit['name']}", lambda sink: pq.write_table(rows, sink, compression="zstd"))
-        done.append({"name": unit["name"], "stats": json.dumps(stats)})
-    return pa.Table.from_pylist(done)
-
-
-def _valid_utf8(rows: pa.Table) -> tuple[pa.Table, int]:
-    """The rows with every string cell made valid UTF-8 (U+FFFD for bad bytes), and how many cells that changed.
-
-    A string column holding bytes that are not UTF-8 is not valid Parquet: pandas and pyarrow's converters
-    fail on the whole file. Such a text row already carries an `error`; its text is kept, repaired, so that
-    the output reads anywhere, and the input still has the original bytes at its `row_id`.
-    """
-    repaired = 0
-    for i, name in enumerate(rows.column_names):
-        col = rows.column(i)
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-            continue
-        try:
-            col.validate(full=True)
-        except pa.ArrowInvalid:
-            raw = col.combine_chunks().view(pa.large_binary() if pa.types.is_large_string(col.type) else pa.binary()).to_pylist()
-            fixed = [None if b is None else b.decode("utf-8", "replace") for b in raw]
-            repaired += sum(b is not None and f.encode() != b for b, f in zip(raw, fixed))
-            rows = rows.set_column(i, name, pa.array(fixed, col.type))
-    return rows, repaired
+def _prepare(folder, cfg: TranslateConfig, work: Plan, job: dict) -> tuple[dict, dict | None]:
+    """Check the output folder (this run holds its lease); return the verified parts already there and the
+    previous run's summary. Nothing is deleted but by --overwrite in a folder this job wrote, and parts that
+    fail verification, which are moved to `_rejected/` and redone."""
+    listing = folder.listing()
+    before = read_marker(folder, JOB_FILE) if JOB_FILE in listing else None
+    existing = {n: m for n, m in listing.items() if n not in (SUCCESS_FILE,)}
+    if existing and not (cfg.overwrite or cfg.resume):
+        raise JobError(f"{cfg.output}: not empty. Pass --resume to finish an earlier run there, or --overwrite to start over.")
+    if existing and before is None:
+        raise JobError(f"{cfg.output}: has files but no {JOB_FILE}, so it was not written by s2s-job translate, and neither "
+                       "--resume nor --overwrite touches it. Choose another --output.")
+    done, previous = {}, None
+    if cfg.overwrite:
+        for name, meta in existing.items():
+            if name != JOB_FILE:  # removed last, by being replaced: an interrupted --overwrite leaves a folder the next run takes
+                folder.remove(name, meta)
+    elif existing:  # --resume
+        if before.get("fingerprint") != job["fingerprint"]:
+            raise JobError(f"{cfg.output}: was written by a run with another model or settings "
+                           f"({_describe_change(before.get('settings', {}), job['settings'])}). --resume would mix them; "
+                           "use --overwrite or another --output.")
+        _say_input_changes(before.get("inputs", []), work.files)
+        done, said = verify_parts(folder, work.units, job["fingerprint"], work.files)
+        for line in said:
+            say(line)
+        previous = read_marker(folder, RUN_FILE)
+        for name, meta in folder.listing().items():  # what a killed run of an older version left mid-write
+            if name.startswith("_tmp-"):
+                folder.remove(name, meta)
+    write_marker(folder, JOB_FILE, {**{k: job[k] for k in ("fingerprint", "settings")}, "input": cfg.input, "epoch": folder.fence.epoch,
+                                    "started": now_utc(), "inputs": [{k: f[k] for k in ("path", "pin")} for f in work.files]})
+    return done, previous
 
 
-def shard_stats(rows: pa.Table, text_column: str) -> dict:
-    """A committed shard's counts for _run.json: rows, errors by kind, tokens, and the quality counts."""
-    errors = rows.column("error").to_pylist()
-    quality = QualityCounts()
-    ok = rows.filter(pc.is_null(rows.column("error")))
-    for values in zip(*(ok.column(c).to_pylist() for c in (text_column, "translation", "src_tokens", "tgt_tokens"))):
-        quality.add(*values)
-    return {"rows": rows.num_rows, "errors": sum(e is not None for e in errors), "error_kinds": _error_kinds(errors),
-            "src_tokens": int(pc.sum(rows.column("src_tokens")).as_py() or 0),
-            "tgt_tokens": int(pc.sum(rows.column("tgt_tokens")).as_py() or 0), "quality": quality.counts()}
+def _say_input_changes(before: list[dict], files: list[dict]) -> None:
+    """On --resume: which input files are new since the folder's last run, changed, or gone (one line each)."""
+    old = {f["path"]: f.get("pin") for f in before if isinstance(f, dict)}
+    new = [f["path"] for f in files if f["path"] not in old]
+    changed = [f["path"] for f in files if f["path"] in old and old[f["path"]] != f["pin"]]
+    gone = sorted(set(old) - {f["path"] for f in files})
+    for paths, what in ((new, "new since the last run: translated now"), (changed, "changed since the last run: redone"),
+                        (gone, "no longer among the inputs: their parts move to _rejected/")):
+        if paths:
+            say(f"{len(paths)} input file(s) {what} ({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''})")
 
 
-def _error_kinds(errors: list) -> dict[str, int]:
-    kinds: dict[str, int] = {}
-    for e in errors:
-        if e is not None:
-            key = e.split(" (")[0].split(":")[0].split(";")[0] if not e.startswith("input has") else "input over max_input_tokens"
-            kinds[key] = kinds.get(key, 0) + 1
-    return kinds
+def _describe_change(before: dict, now: dict) -> str:
+    keys = sorted(k for k in now if now[k] != before.get(k))
+    return "other " + ", ".join(keys or ["settings"]) + f": {', '.join(f'{k}={before.get(k)!r}' for k in keys)}"
 
 
-# ---------------------------------------------------------------- the driver
+def _summary(cfg: TranslateConfig, work: Plan, parts: dict, fresh: set, complete: bool, wall: float, manifest: dict, lease: Lease) -> dict:
+    references = None
+    if cfg.reference_column and parts:  # corpus BLEU needs the texts themselves
+        references = QualityCounts()
+        folder = open_folder(cfg.output, lease.fence)
+        listing = folder.listing()
+        names = cfg.names
+        for name in sorted(parts):
+            with folder.open_part(name, listing[name]) as f:
+                t = pq.read_table(f, columns=[names["error"], names["translation"], cfg.reference_column])
+            for err, hyp, ref in zip(*(t.column(i).to_pylist() for i in range(3))):
+                if err is None and (refs := as_references(ref)):
+                    references.add_references(hyp, refs)
+    summary = summarize(parts, fresh, work.units, complete, wall, cfg.max_error_rate, references)
+    return {"input": cfg.input, "output": cfg.output, "model": cfg.model, "epoch": lease.epoch,
+            "model_sha256": fingerprint(manifest["files"]), **summary, "inputs_skipped": work.skipped,
+            "decode": dataclasses.asdict(cfg.decode), "result_columns": cfg.names,
+            "model_manifest": {k: manifest.get(k) for k in ("created", "exporter", "opset", "default_cpu_variant", "vocab_sizes", "limits")},
+            "versions": library_versions()}
+
+
+# ---------------------------------------------------------------- executors
+
+
+def _translate_here(cfg: TranslateConfig, todo: list[dict], folder, job: dict, lease: Lease, phases: dict, t0: float):
+    """Each unit in turn in this process: read its texts, translate, commit."""
+    from s2s.export.runtime import load_translator, usable_cpus
+
+    threads = int(cfg.cpus_per_actor) or usable_cpus()
+    state: dict = {}
+    progress = Progress(sum(u["stop"] - u["start"] for u in todo), "rows")
+    rows = errors = 0
+    t_data = time.time()
+    try:
+        for i, unit in enumerate(todo):
+            texts = as_bytes(read_rows(unit, [cfg.text_column]).column(0))
+            results = translate_here(lambda: load_translator(cfg.model, cfg.decode, cfg.variant, cfg.device, threads), texts.to_pylist(),
+                                     state)
+            engine = state["translator"].translator.engine
+            lease.check()
+            c = commit_unit(folder, {**unit, "digest": texts_digest(texts), "provider": engine.provider, "variant": engine.variant,
+                                     "node": socket.gethostname()}, results_columns(results, cfg.decode.nbest > 1), job)
+            rows, errors = rows + c["stats"]["rows"], errors + c["stats"]["errors"]
+            progress.update(rows, f"{errors:,} error(s), {i + 1}/{len(todo)} shards", final=i + 1 == len(todo))
+            yield c
+    finally:
+        phases["translate_s"] = time.time() - t_data
+
 
 IO_RESERVE = 0.5  # CPUs each node keeps free for the read and commit tasks
 IO_TASK_CPUS = 0.25  # what one read or commit task asks for: they mostly wait on storage
@@ -439,152 +317,36 @@ def size_actor_pool(cfg: TranslateConfig, node_cpus: list[float], node_gpus: lis
     return cfg.actors or max(1, fit), per_cpu, max(1, int(per_cpu + 1e-9) if cfg.cpus_per_actor else 1)
 
 
-
-def _describe_change(before: dict, now: dict) -> str:
-    """What differs between the settings an output was started with and these, in words."""
-    old = {f["path"]: f for f in before.get("inputs", []) if isinstance(f, dict)}
-    for f in now["inputs"]:
-        o = old.pop(f["path"], None)
-        if o is None:
-            return f"{f['path']} was not among its inputs"
-        if (o.get("size"), o.get("mtime_ns")) != (f["size"], f["mtime_ns"]):
-            when = lambda ns: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime((ns or 0) / 1e9))  # noqa: E731
-            return (f"{f['path']} changed since the run started (size {o.get('size')} -> {f['size']} bytes, "
-                    f"modified {when(o.get('mtime_ns'))} -> {when(f['mtime_ns'])} UTC)")
-    if old:
-        return f"{sorted(old)[0]} is no longer among the inputs"
-    keys = sorted(k for k in now if k != "inputs" and now[k] != before.get(k))
-    return "other " + ", ".join(keys or ["settings"]) + f" ({', '.join(f'{k}={before.get(k)!r}' for k in keys)})"
+def _ray_row(unit: dict) -> dict:
+    """A unit as a Ray Data row: its pin as JSON, since pins differ in fields from one storage to another."""
+    return {**unit, "pin": json.dumps(unit["pin"], sort_keys=True)}
 
 
-def _prepare_output(cfg: TranslateConfig, units: list[dict], job: dict) -> dict[str, dict]:
-    """Check the output folder (this run holds its lease); return the verified parts already there, by name.
-
-    Nothing is deleted but by --overwrite in a folder this job wrote, leftovers of killed writes (`_tmp-`)
-    and parts that fail verification, which are moved to `_rejected/` and redone.
-    """
-    fs, out = filesystem(cfg.output)
-    info = fs.get_file_info(out)
-    if info.type == pafs.FileType.File:
-        raise JobError(f"{cfg.output}: is a file; --output must be a folder")
-    existing = [i for i in fs.get_file_info(pafs.FileSelector(out)) if Path(i.path).name != LEASE_FILE]
-    if existing and not (cfg.overwrite or cfg.resume):
-        raise JobError(f"{cfg.output}: not empty. Pass --resume to finish an earlier run there, or --overwrite to start over.")
-    before = read_json(fs, f"{out}/{JOB_FILE}")
-    if existing and before is None:
-        raise JobError(f"{cfg.output}: has files but no {JOB_FILE}, so it was not written by s2s-job translate, and neither "
-                       "--resume nor --overwrite touches it. Choose another --output.")
-    if cfg.overwrite:
-        for i in existing:
-            fs.delete_dir(i.path) if i.type == pafs.FileType.Directory else fs.delete_file(i.path)
-        existing = []
-    done: dict[str, dict] = {}
-    if existing:  # --resume
-        if before.get("fingerprint") != job["fingerprint"]:
-            raise JobError(f"{cfg.output}: was written by a run with other inputs, model or settings: "
-                           f"{_describe_change(before.get('settings', {}), job['settings'])}. --resume would mix them; "
-                           "use --overwrite or another --output.")
-        done = _verified_parts(fs, out, units, job["fingerprint"])
-        for i in existing:  # leftovers of a killed write are never committed data
-            if Path(i.path).name.startswith(TMP_PREFIX):
-                fs.delete_file(i.path)
-    fs.delete_dir_contents(f"{out}/{ATTEMPTS_DIR}", missing_dir_ok=True)  # a new run: earlier deaths were not the rows'
-    fs.create_dir(f"{out}/{ATTEMPTS_DIR}")
-    delete_if_present(fs, f"{out}/{SUCCESS_FILE}")
-    write_json(fs, f"{out}/{JOB_FILE}", job)
-    return done
+def _unit(row: dict) -> dict:
+    return {**row, "pin": json.loads(row["pin"]) if isinstance(row["pin"], str) else row["pin"]}
 
 
-def _verified_parts(fs: pafs.FileSystem, out: str, units: list[dict], fingerprint: str) -> dict[str, dict]:
-    """The parts whose footer shows this run's fingerprint, their planned unit and its row count; the rest
-    (short, empty, unreadable, another unit's or other settings') are moved to `_rejected/` to be redone."""
-    planned = {u["name"]: u for u in units}
-    done = {}
-    for i in fs.get_file_info(pafs.FileSelector(out)):
-        name = Path(i.path).name
-        if not name.startswith("part-"):
-            continue
-        unit, why = planned.get(name), None
-        try:
-            with fs.open_input_file(i.path) as f:
-                pf = pq.ParquetFile(f)
-                stats, n = json.loads((pf.schema_arrow.metadata or {}).get(STATS_KEY, b"null")), pf.metadata.num_rows
-        except (pa.ArrowInvalid, OSError, ValueError) as e:
-            why = f"unreadable ({e})"
-        else:
-            if unit is None:
-                why = "not a unit of this run"
-            elif not stats or stats.get("fingerprint") != fingerprint:
-                why = "written with other settings, or by an older version"
-            elif stats["unit"] != {k: unit[k] for k in ("path", "label", "start", "stop")}:
-                why = "holds another unit's rows"
-            elif not n == stats["rows"] == unit["stop"] - unit["start"]:
-                why = f"has {n} rows where {unit['stop'] - unit['start']} were planned"
-        if why:
-            fs.create_dir(f"{out}/_rejected", recursive=True)
-            fs.move(i.path, f"{out}/_rejected/{name}")
-            say(f"{name}: {why}; moved to _rejected/ and redone")
-        else:
-            done[name] = stats
-    return done
+def read_texts_task(batch: pa.Table, text_column: str) -> pa.Table:
+    """Ray Data task: `s2s.inputs.read_texts` over units whose pins travel as JSON."""
+    units = pa.Table.from_pylist([_unit(r) for r in batch.select(["path", "pin", "start", "stop"]).to_pylist()])
+    read = read_texts(units, text_column)
+    return batch.append_column("texts", read.column("texts")).append_column("digest", read.column("digest"))
 
 
-def run_translate(cfg: TranslateConfig) -> dict:
-    """Translate every row of the input into the output folder; return (and write) the run summary."""
-    from s2s.export.runtime import load_model_dir
-
-    t0 = time.time()
-    model_dir = load_model_dir(cfg.model)  # fails at once, naming the file, before any work starts
-    if cfg.device == "cuda" and not os.environ.get("RAY_ADDRESS"):
-        choose_providers("cuda")  # local run: the actors will run here, so fail now, not inside Ray
-    fs, files = list_inputs(cfg.input)
-    units = plan_units(fs, files, cfg)
-    settings = {"model": absolute(cfg.model),
-                "inputs": [{k: f[k] for k in ("path", "size", "mtime_ns")} for f in files], "text_column": cfg.text_column, "id_column": cfg.id_column, "rows_per_shard": cfg.rows_per_shard,
-                "decode": dataclasses.asdict(cfg.decode), "variant": cfg.variant}
-    fingerprint = hashlib.sha256(json.dumps({**settings, "model_files": model_dir.manifest["files"]}, sort_keys=True).encode()).hexdigest()
-    lease = Lease(cfg.output)
-    lease.acquire()
-    try:
-        return _run(cfg, units, {"fingerprint": fingerprint, "settings": settings}, model_dir.manifest, t0)
-    finally:
-        lease.release()
+def commit_task(batch: pa.Table, output: str, fence: Fence, job: dict) -> pa.Table:
+    """Ray Data task: commit each unit whose results the actor pool returned (s2s.commit.commit_unit)."""
+    folder = open_folder(output, fence)
+    done = []
+    for row in batch.to_pylist():
+        unit = _unit(row)
+        results = {k: unit.pop(k) for k in list(job["names"]) if k in unit and k != "row_id"}
+        c = commit_unit(folder, unit, results, job)
+        done.append({"name": c["name"], "stats": json.dumps(c["stats"]), "meta": json.dumps(c["meta"])})
+    return pa.Table.from_pylist(done)
 
 
-def _run(cfg: TranslateConfig, units: list[dict], job: dict, manifest: dict, t0: float) -> dict:
-    done = _prepare_output(cfg, units, job)
-    todo = [u for u in units if u["name"] not in done]
-    say(f"{len({u['path'] for u in units})} input file(s), {sum(u['stop'] - u['start'] for u in units):,} rows in {len(units)} "
-        f"shard(s); {len(done)} already committed, {len(todo)} to do")
-    fs, out = filesystem(cfg.output)
-    previous = read_json(fs, f"{out}/{RUN_FILE}")
-    if not todo and previous and previous.get("status") in ("complete", "failed_error_rate"):
-        summary = {**previous, **_status(True, previous["rows"], previous["errors"], cfg.max_error_rate)}
-        if summary != previous:  # the gate was changed: the outcome is judged again
-            write_json(fs, f"{out}/{RUN_FILE}", summary)
-        if summary["status"] == "complete":
-            write_json(fs, f"{out}/{SUCCESS_FILE}", {})
-        say(f"nothing to do: all {len(units)} shards are already in {cfg.output}; status {summary['status']}")
-        return {**summary, "nothing_to_do": True}
-
-    now: list[dict] = []
-    phases = {"prepare_s": time.time() - t0}
-    failed = True
-    try:
-        if todo:
-            now = _translate_on_ray(cfg, todo, job["fingerprint"], phases, t0)
-        failed = False
-    finally:  # a failed run still records what it committed, as incomplete
-        summary = _summarize(cfg, units, done, now, time.time() - t0, manifest, failed)
-        summary["phase_seconds"] = {k: round(v, 2) for k, v in phases.items()}  # where wall_seconds went
-        write_json(fs, f"{out}/{RUN_FILE}", summary)
-    if summary["status"] == "complete":
-        write_json(fs, f"{out}/{SUCCESS_FILE}", {})
-    return summary
-
-
-def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], fingerprint: str, phases: dict, t0: float) -> list[dict]:
-    """Wire read -> translate -> commit over the units to do; return each committed part's name and stats."""
+def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], folder, job: dict, lease: Lease, phases: dict, t0: float):
+    """Wire read -> translate -> commit over the units to do; yield each committed part as it lands."""
     import ray
 
     started = init_ray(dashboard=False)  # Ray Data needs no state API; the dashboard costs CPU the actors could use
@@ -602,95 +364,53 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], fingerprint: str, 
     actors = min(actors, len(todo))
     # On a cluster the pool grows while units queue, as far as there are units: each actor Ray cannot place yet
     # is demand the cluster's autoscaler answers with a node, and idle actors go, so idle nodes can go too.
-    # A local run keeps the measured fixed pool: there is no node to add.
-    # Its ceiling is what the worker nodes the autoscaler may run can hold, where their types are known.
+    # A local run keeps the measured fixed pool: there is no node to add. Its ceiling is what the worker nodes
+    # the autoscaler may run can hold, where their types are known.
     most = len(todo) if started != "local cluster" and not cfg.actors else actors
     ceiling = [n for n in addable if not is_head(n)]
     if most > actors and ceiling:
         most = max(actors, min(most, size_actor_pool(cfg, [n.get("CPU", 0.0) for n in ceiling], [n.get("GPU", 0.0) for n in ceiling])[0]))
     pool = ray.data.ActorPoolStrategy(size=actors) if most <= actors else ray.data.ActorPoolStrategy(min_size=actors, max_size=most)
     say(f"Ray: {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs on {len(nodes)} node(s)"
-          f"{'; the head takes no actors' if placed else ''}; {actors} translate actor(s)"
-          f"{f' (up to {most} as the cluster scales)' if most > actors else ''} x "
-          f"{cpus_per_actor:.3g} CPU{f' + {cfg.gpus_per_actor:g} GPU' if cfg.gpus_per_actor else ''}, "
-          f"{threads} onnxruntime thread(s) each")
-    committed: list[dict] = []
+        f"{'; the head takes no actors' if placed else ''}; {actors} translate actor(s)"
+        f"{f' (up to {most} as the cluster scales)' if most > actors else ''} x "
+        f"{cpus_per_actor:.3g} CPU{f' + {cfg.gpus_per_actor:g} GPU' if cfg.gpus_per_actor else ''}, "
+        f"{threads} onnxruntime thread(s) each")
     t_data = time.time()
     progress = Progress(sum(u["stop"] - u["start"] for u in todo), "rows")
-    rows = errors = 0
+    rows = errors = committed = 0
+    fence = lease.fence
+    commit_job = {k: job[k] for k in ("fingerprint", "names", "text_column", "id_column")}
     try:
         with relayed(progress.console) as relay:
             # paths go to the workers absolute (or as URIs): the workers may run on other nodes
-            ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-            ds = ds.map_batches(read_texts, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
+            ds = ray.data.from_items([_ray_row(u) for u in todo], override_num_blocks=len(todo))
+            ds = ds.map_batches(read_texts_task, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
                                 fn_kwargs={"text_column": cfg.text_column})
             # A dead actor is replaced and its unit retried: Ray Data's default for actor pools (tests/test_translate_faults.py).
             ds = ds.map_batches(TranslateBatch, batch_size=None, batch_format="pyarrow", compute=pool,
                                 num_cpus=cpus_per_actor, num_gpus=cfg.gpus_per_actor or None, resources=placed or None,
-                                fn_constructor_kwargs={"model": absolute(cfg.model), "output": absolute(cfg.output), "decode": cfg.decode,
-                                                       "variant": cfg.variant, "device": cfg.device, "threads": threads, "relay": relay})
-            ds = ds.map_batches(commit_shard, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
-                                fn_kwargs={"output": absolute(cfg.output), "id_column": cfg.id_column, "text_column": cfg.text_column,
-                                           "fingerprint": fingerprint})
+                                fn_constructor_kwargs={"model": absolute(cfg.model), "attempts": folder.attempts_template,
+                                                       "decode": cfg.decode, "variant": cfg.variant, "device": cfg.device,
+                                                       "threads": threads, "relay": relay,
+                                                       "poison_limit": poison_limit(cfg, todo)})
+            ds = ds.map_batches(commit_task, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
+                                fn_kwargs={"output": folder.output, "fence": fence, "job": commit_job})
             for row in ds.iter_rows():
-                committed.append(row)
+                lease.raise_if_lost()
                 stats = json.loads(row["stats"])
-                rows, errors = rows + stats["rows"], errors + stats["errors"]
-                progress.update(rows, f"{errors:,} error(s), {len(committed)}/{len(todo)} shards", final=len(committed) == len(todo))
+                committed, rows, errors = committed + 1, rows + stats["rows"], errors + stats["errors"]
+                progress.update(rows, f"{errors:,} error(s), {committed}/{len(todo)} shards", final=committed == len(todo))
+                yield {"name": row["name"], "stats": stats, "meta": json.loads(row["meta"])}
     finally:
         phases["translate_s"] = time.time() - t_data
         if started == "local cluster":  # now rather than at exit, where Ray's hook first sleeps 0.5 s for log lines
             ray.shutdown()
             phases["ray_stop_s"] = time.time() - t_data - phases["translate_s"]
-    return committed
 
 
-def _status(complete: bool, rows: int, errors: int, max_error_rate: float) -> dict:
-    """The run's outcome: complete, failed_error_rate (exit 1 until the gate is raised) or incomplete (exit 3)."""
-    rate = round(errors / rows, 6) if rows else 0.0
-    status = "incomplete" if not complete else "failed_error_rate" if rate > max_error_rate else "complete"
-    return {"status": status, "complete": complete, "error_rate": rate, "max_error_rate": max_error_rate}
+def poison_limit(cfg: TranslateConfig, todo: list[dict]) -> int:
+    """Rows of one unit that may each crash an actor before the run stops: as many as the error gate allows over
+    the whole run, since a unit that needs more fails the gate anyway."""
+    return max(1, int(cfg.max_error_rate * sum(u["stop"] - u["start"] for u in todo)))
 
-
-def _summarize(cfg: TranslateConfig, units: list[dict], done: dict[str, dict], now: list[dict], wall: float, manifest: dict,
-               failed: bool = False) -> dict:
-    """Counts over every verified part (earlier attempts included); speed over this attempt's parts."""
-    fresh = {r["name"]: json.loads(r["stats"]) for r in now}
-    parts = {**done, **fresh}
-    rows = errors = src_tokens = tgt_tokens = repaired = 0
-    kinds: dict[str, int] = {}
-    quality = QualityCounts()
-    for counts in parts.values():
-        rows, errors = rows + counts["rows"], errors + counts["errors"]
-        src_tokens, tgt_tokens = src_tokens + counts["src_tokens"], tgt_tokens + counts["tgt_tokens"]
-        quality.add_counts(counts["quality"])
-        repaired += counts.get("repaired_utf8_cells", 0)
-        for k, v in counts["error_kinds"].items():
-            kinds[k] = kinds.get(k, 0) + v
-    if cfg.reference_column:  # corpus BLEU needs the texts themselves
-        fs, out = filesystem(cfg.output)
-        names = ["error", "translation", cfg.reference_column]
-        for name in sorted(parts):
-            with fs.open_input_file(f"{out}/{name}") as f:
-                t = pq.read_table(f, columns=names)
-            for err, hyp, ref in zip(*(t.column(c).to_pylist() for c in names)):
-                if err is None and (refs := as_references(ref)):
-                    quality.add_references(hyp, refs)
-    rows_now = sum(s["rows"] for s in fresh.values())
-    tokens_now = sum(s["tgt_tokens"] for s in fresh.values())
-    complete = not failed and all(u["name"] in parts for u in units)
-    return {
-        "input": cfg.input, "output": cfg.output, "model": cfg.model,
-        "model_sha256": hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest(),
-        **_status(complete, rows, errors, cfg.max_error_rate),
-        "shards_total": len(units), "shards_committed": len(parts), "shards_done_before": len(done), "shards_done_now": len(fresh),
-        "rows_total": sum(u["stop"] - u["start"] for u in units),
-        "rows": rows, "translated": rows - errors, "errors": errors, "error_kinds": kinds,
-        "src_tokens": src_tokens, "tgt_tokens": tgt_tokens, "repaired_utf8_cells": repaired,
-        "rows_this_run": rows_now, "wall_seconds": round(wall, 2),
-        "sentences_per_s": round(rows_now / wall, 2) if wall else 0.0, "tokens_per_s": round(tokens_now / wall, 2) if wall else 0.0,
-        "providers": sorted({s["provider"] for s in fresh.values()}), "nodes": sorted({s["node"] for s in fresh.values()}), "decode": dataclasses.asdict(cfg.decode),
-        "quality": quality.signals(),
-        "model_manifest": {k: manifest.get(k) for k in ("created", "exporter", "opset", "default_cpu_variant", "vocab_sizes", "limits")},
-        "versions": library_versions(),
-    }

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import regex
 import sentencepiece as spm
 
 from s2s.search import Hypothesis, State, beam_search, greedy_search
@@ -106,10 +107,13 @@ def attention_of(engine: Engine, src_ids: list[int], out_ids: list[int]) -> np.n
     return np.stack(rows)
 
 
-# Characters that show nothing: controls, format characters (zero-width space and joiners, the BOM, bidi
-# marks), separators and surrogates. A text made only of these has nothing to translate, and inside a
-# text they only turn into byte-fallback tokens the model never saw in training.
-INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
+# Characters that show nothing. Unicode's Default_Ignorable_Code_Point property names those a renderer does
+# not draw (zero-width space and joiners, the BOM, the soft hyphen, variation selectors, the combining grapheme
+# joiner U+034F, Hangul fillers, tag characters, and code points reserved as such): they are dropped. Controls
+# and separators (Cc, Z*) read as spaces. A text left with nothing has nothing to translate; inside a text
+# these characters only turn into byte-fallback tokens the model never saw in training.
+IGNORABLE = regex.compile(r"\p{Default_Ignorable_Code_Point}+")
+SPACE_LIKE = regex.compile(r"[\p{Cc}\p{Z}]+")
 
 
 def as_text(value: Any) -> tuple[str | None, str | None]:
@@ -117,7 +121,7 @@ def as_text(value: Any) -> tuple[str | None, str | None]:
 
     Takes whatever a Parquet cell holds: str, bytes (a binary column, or a string column whose bytes are not
     UTF-8, which the job reads as bytes so that one bad row cannot stop a whole shard), None or anything else.
-    Invisible characters are dropped, since SentencePiece would make byte tokens of them.
+    Default-ignorable characters are dropped and controls read as spaces (see IGNORABLE).
     """
     if value is None:
         return None, "null text"
@@ -130,11 +134,12 @@ def as_text(value: Any) -> tuple[str | None, str | None]:
         return None, f"text is {type(value).__name__}, not a string"
     if not value.strip():
         return None, "empty or whitespace-only text"
-    visible = " ".join("".join(" " if unicodedata.category(ch) in INVISIBLE_CATEGORIES else ch for ch in value).split())
-    if not visible:
-        return None, "no visible characters (only control, format or zero-width characters such as U+200B or a BOM)"
     if any(unicodedata.category(ch) == "Cs" for ch in value):
         return None, "text has unpaired surrogates, which are not Unicode text"
+    visible = " ".join(SPACE_LIKE.sub(" ", IGNORABLE.sub("", value)).split())
+    if not visible:
+        return None, ("no visible characters (only default-ignorable, control or space characters, such as U+200B, U+034F "
+                      "or a BOM)")
     return visible, None
 
 

@@ -5,6 +5,7 @@ None, other types and very long lines, through the translator in-process and thr
 """
 
 import pyarrow as pa
+import regex
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +21,24 @@ CELLS = st.one_of(st.none(), ANY_TEXT, st.binary(max_size=40), st.integers(), st
                   st.sampled_from(["Hello.", "I like cats.", "\u200b", "\ufeffHi.", " \t\n", "", "\x00\x1b[31m"]))
 
 
+# every default-ignorable code point (Unicode's DerivedCoreProperties, through the regex module's tables)
+IGNORABLE = [chr(c) for c in range(0x110000) if 0xD800 > c or c > 0xDFFF if regex.match(r"\p{Default_Ignorable_Code_Point}", chr(c))]
+SPACES = [" ", "\t", "\n", "\x00", "\x1b", "\u2028", "\u3000", "\u00a0"]
+VISIBLE = st.characters(exclude_categories=("Cc", "Cs", "Zs", "Zl", "Zp")).filter(lambda ch: not regex.match(r"\p{DI}", ch))
+
+
+@given(st.text(st.sampled_from(IGNORABLE + SPACES), min_size=1, max_size=12))
+def test_a_text_of_ignorable_characters_has_nothing_to_translate(value):
+    text, error = as_text(value)
+    assert text is None and error.startswith(("no visible characters", "empty or whitespace-only text")), (value, error)
+
+
+@given(st.text(st.sampled_from(IGNORABLE + SPACES), max_size=6), VISIBLE, st.text(st.sampled_from(IGNORABLE + SPACES), max_size=6))
+def test_ignorable_characters_around_a_visible_one_are_dropped(before, visible, after):
+    text, error = as_text(before + visible + after)
+    assert error is None and text == visible and not any(ch in IGNORABLE for ch in text)
+
+
 @pytest.fixture(scope="module")
 def translator(tiny_model_dir):
     return load_translator(tiny_model_dir, FAST, device="cpu")
@@ -27,7 +46,10 @@ def translator(tiny_model_dir):
 
 @pytest.mark.parametrize("value,text,error", [
     ("  Hello   world. ", "Hello world.", None),
-    ("\ufeffHello\u200b.", "Hello .", None),
+    ("\ufeffHello\u200b.", "Hello.", None),
+    ("co\u00adoperate\u034f", "cooperate", None),  # a soft hyphen and a combining grapheme joiner are not drawn
+    ("\u034f", None, "no visible characters"),  # U+034F is a combining mark (Mn) that is default-ignorable
+    ("\u3164\u115f", None, "no visible characters"),  # Hangul fillers are letters (Lo) that are default-ignorable
     (b"caf\xc3\xa9", "caf\u00e9", None),
     (b"caf\xe9", None, "text is not valid UTF-8 (byte 0xe9 at offset 3)"),
     ("\u200b\u2060\ufeff", None, "no visible characters"),

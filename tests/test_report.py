@@ -3,34 +3,45 @@
 import json
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from s2s.cli import app
+from s2s.commit import REJECTED_DIR, RUN_FILE, STATS_KEY, commit_unit, open_folder, verify_parts
+from s2s.inputs import as_bytes, plan, read_rows, texts_digest
+from s2s.lease import Lease
 from s2s.quality import has_repeated_ngram
-from s2s.output import RUN_FILE, STATS_KEY
-from s2s.translate import TranslateConfig, _summarize, _verified_parts, commit_shard
+from s2s.translate import TranslateConfig, _summary
+
+JOB = {"fingerprint": "fingerprint", "text_column": "text", "id_column": None}
 
 
 def _run_dir(tmp_path, name, translations, model="models/eng-fra"):
     """A one-part output folder written by the job's own commit step and summary, from results given here."""
     out = tmp_path / name
-    out.mkdir()
     n = len(translations)
     source = tmp_path / f"{name}-in.parquet"
     pq.write_table(pa.table({"text": ["Hello there.", "I like cats.", "Same text", None][:n],
                              "refs": [["Bonjour.", "Salut."], ["J'aime les chats."], None, None][:n]}), source)
-    unit = {"path": str(source), "label": source.name, "start": 0, "stop": n, "name": "part-a-0.parquet"}
+    cfg = TranslateConfig(input=str(source), output=str(out), reference_column="refs", model=str(model))
+    work = plan(str(source), "text", 100, cfg.names, reference_column="refs")
     results = {"translation": translations, "score": [None if t is None else -1.0 for t in translations],
                "src_tokens": [3, 4, 2, 0][:n], "tgt_tokens": [0 if t is None else len(t.split()) for t in translations],
-               "error": [None if t is not None else "null text" for t in translations], "provider": "CPUExecutionProvider",
-               "node": "n1"}
-    committed = commit_shard(pa.Table.from_pylist([{**unit, **results}]), str(out), None, "text", "fingerprint").to_pylist()
-    cfg = TranslateConfig(input=str(source), output=str(out), reference_column="refs", model=str(model))
-    summary = _summarize(cfg, [unit], {}, committed, wall=2.0, manifest={"files": {"encoder.onnx": "x"}})
-    (out / RUN_FILE).write_text(json.dumps(summary))
+               "error": [None if t is not None else "null text" for t in translations]}
+    lease = Lease(str(out))
+    lease.acquire(interrupt_main=False)
+    try:
+        folder = open_folder(str(out), lease.fence)
+        folder.begin()
+        unit = work.units[0]
+        texts = as_bytes(read_rows(unit, ["text"]).column(0))
+        c = commit_unit(folder, {**unit, "digest": texts_digest(texts), "provider": "CPUExecutionProvider", "variant": "int8", "node": "n1"},
+                        results, {**JOB, "names": cfg.names})
+        summary = _summary(cfg, work, {c["name"]: c["stats"]}, {c["name"]}, True, 2.0, {"files": {"encoder.onnx": "x"}}, lease)
+        (out / RUN_FILE).write_text(json.dumps(summary))
+    finally:
+        lease.release()
     return out, summary
 
 
@@ -104,34 +115,48 @@ def test_html_page_is_self_contained_and_complete(tmp_path, tiny_model_dir):
 
 
 def test_counts_come_from_each_parts_footer_and_a_part_is_verified_before_it_counts(tmp_path):
-    """_run.json sums the counts commit_shard stores in each part's footer. On --resume a part counts only
-    if its footer names its planned unit, row count and the run's fingerprint: a part rewritten without
-    the footer, cut short, or written with other settings is moved to _rejected/ and redone."""
+    """_run.json sums the counts the commit stores in each part's footer. On --resume a part counts only if its
+    footer names its planned unit (with the input's pin), row count and the run's fingerprint: a part rewritten
+    without the footer, cut short, written with other settings, or from an input that changed since is moved
+    to _rejected/ and redone."""
     out, summary = _run_dir(tmp_path, "a", ["Bonjour.", "J'aime les chats les chats les chats les chats.", "Same text", None])
-    part = out / "part-a-0.parquet"
+    (part,) = out.glob("part-*.parquet")
     stored = json.loads(pq.read_schema(part).metadata[STATS_KEY])
     assert stored["rows"] == 4 and stored["errors"] == 1 and stored["quality"]["copies"] == 1 and stored["quality"]["repeated"] == 1
     assert stored["unit"]["start"] == 0 and stored["unit"]["stop"] == 4 and stored["fingerprint"] == "fingerprint"
-    unit = {"path": stored["unit"]["path"], "label": stored["unit"]["label"], "start": 0, "stop": 4, "name": part.name}
-    fs = pafs.LocalFileSystem()
-    assert set(_verified_parts(fs, str(out), [unit], "fingerprint")) == {part.name}
-    cfg = TranslateConfig(input="in.parquet", output=str(out), reference_column="refs")
-    again = _summarize(cfg, [unit], _verified_parts(fs, str(out), [unit], "fingerprint"), [], wall=1.0, manifest={"files": {}})
-    for key in ("rows", "errors", "error_kinds", "src_tokens", "tgt_tokens", "quality", "status"):
-        assert again[key] == summary[key], key
-    good = part.read_bytes()
-    for damage in ("other settings", "short", "no footer", "not parquet"):
-        part.write_bytes(good)
-        table = pq.read_table(part)
-        if damage == "short":
-            pq.write_table(table.slice(0, 3).replace_schema_metadata({STATS_KEY: json.dumps({**stored, "rows": 3}).encode()}), part)
-        elif damage == "no footer":
-            pq.write_table(table.replace_schema_metadata(None), part)
-        elif damage == "not parquet":
-            part.write_bytes(good[: len(good) // 2])
-        fingerprint = "another" if damage == "other settings" else "fingerprint"
-        assert _verified_parts(fs, str(out), [unit], fingerprint) == {}, damage
-        assert not part.exists() and (out / "_rejected" / part.name).exists(), damage
-        (out / "_rejected" / part.name).unlink()
-    incomplete = _summarize(cfg, [unit], {}, [], wall=1.0, manifest={"files": {}})
-    assert incomplete["status"] == "incomplete" and not incomplete["complete"] and incomplete["rows"] == 0
+    source = tmp_path / "a-in.parquet"
+    cfg = TranslateConfig(input=str(source), output=str(out), reference_column="refs")
+    work = plan(str(source), "text", 100, cfg.names, reference_column="refs")
+    lease = Lease(str(out))
+    lease.acquire(interrupt_main=False)
+    try:
+        folder = open_folder(str(out), lease.fence)
+        folder.begin()
+        done, said = verify_parts(folder, work.units, "fingerprint", work.files)
+        assert set(done) == {part.name} and not said
+        again = _summary(cfg, work, {n: d["stats"] for n, d in done.items()}, set(), True, 1.0, {"files": {}}, lease)
+        for key in ("rows", "errors", "error_kinds", "src_tokens", "tgt_tokens", "quality", "status"):
+            assert again[key] == summary[key], key
+        good = part.read_bytes()
+        for damage in ("other settings", "short", "no footer", "not parquet", "input changed"):
+            part.write_bytes(good)
+            table = pq.read_table(part)
+            units, files = work.units, work.files
+            if damage == "short":
+                pq.write_table(table.slice(0, 3).replace_schema_metadata({STATS_KEY: json.dumps({**stored, "rows": 3}).encode()}), part)
+            elif damage == "no footer":
+                pq.write_table(table.replace_schema_metadata(None), part)
+            elif damage == "not parquet":
+                part.write_bytes(good[: len(good) // 2])
+            elif damage == "input changed":
+                units = [{**u, "pin": {**u["pin"], "mtime_ns": u["pin"]["mtime_ns"] + 1}} for u in units]
+            fingerprint = "another" if damage == "other settings" else "fingerprint"
+            done, said = verify_parts(folder, units, fingerprint, files)
+            assert done == {} and len(said) == 1, damage
+            assert not part.exists() and len(list((out / REJECTED_DIR).iterdir())) == 1, damage
+            for p in (out / REJECTED_DIR).iterdir():
+                p.unlink()
+        incomplete = _summary(cfg, work, {}, set(), False, 1.0, {"files": {}}, lease)
+        assert incomplete["status"] == "incomplete" and not incomplete["complete"] and incomplete["rows"] == 0
+    finally:
+        lease.release()

@@ -44,6 +44,11 @@ def _rows(out):
     return pa.concat_tables([pq.read_table(out / p) for p in _parts(out)]).to_pylist()
 
 
+def _lease(out):
+    """The record of the output folder's current lease (the highest epoch)."""
+    return json.loads(max((out / "_lease").glob("epoch-*.json")).read_text())
+
+
 def _digest(out, parts):
     return {p: hashlib.sha256((out / p).read_bytes()).hexdigest() for p in parts}
 
@@ -60,7 +65,7 @@ def test_killed_run_resumes_exactly_once(tiny_model_dir, corpus_300, tmp_path):
     before = _parts(out)
     assert 2 <= len(before) < 10, "the kill should land mid-run"
     kept = _digest(out, before)
-    assert json.loads((out / "_lease.json").read_text())["pid"] == proc.pid  # the dead run still holds its lease
+    assert _lease(out)["pid"] == proc.pid and not _lease(out)["released"]  # the dead run still holds its lease
     code, log = _finish(_cli(args))
     assert code == 2 and "not empty" in log  # the lease of a dead process on this host did not block it
     code, log = _finish(_cli(args + ["--resume"]))
@@ -71,7 +76,7 @@ def test_killed_run_resumes_exactly_once(tiny_model_dir, corpus_300, tmp_path):
     assert _digest(out, before) == kept  # committed shards were not redone
     assert f"{len(before)} already committed" in log
     assert json.loads((out / "_run.json").read_text())["status"] == "complete" and (out / "_SUCCESS").exists()
-    assert not (out / "_lease.json").exists()
+    assert _lease(out)["released"]
 
 
 def test_dead_actor_is_replaced_and_its_unit_retried(tiny_model_dir, corpus_300, tmp_path):
@@ -135,14 +140,17 @@ def test_exit_codes_and_a_failed_gate_that_stays_failed(tiny_model_dir, corpus_3
     assert code == 0, log
     assert json.loads((out / "_run.json").read_text())["status"] == "complete" and (out / "_SUCCESS").exists()
     # 3: another live run holds the output's lease (this test process stands in for it)
-    lease = {"owner": "other", "host": os.uname().nodename, "pid": os.getpid(), "expires": time.time() + 60, "expires_utc": "soon"}
-    (out / "_lease.json").write_text(json.dumps(lease))
+    from s2s.lease import _boot_id
+
+    held = out / "_lease" / "epoch-0000000099.json"
+    held.write_text(json.dumps({"owner": "other", "host": os.uname().nodename, "boot_id": _boot_id(), "pid": os.getpid(),
+                                "expires": time.time() + 60, "expires_utc": "soon"}))
     code, log = _finish(_cli(args + ["--resume"]))
     assert code == 3 and "another run is writing here" in log and f"pid {os.getpid()}" in log
-    assert json.loads((out / "_lease.json").read_text())["owner"] == "other"  # not taken from a live run
+    assert _lease(out)["owner"] == "other"  # not taken from a live run
     code, log = _finish(_cli(args + ["--overwrite"]))
     assert code == 3 and len(_parts(out)) == 2  # --overwrite does not delete what a live run is writing
-    (out / "_lease.json").unlink()
+    held.write_text(json.dumps({**json.loads(held.read_text()), "released": True}))
 
 
 def test_unreadable_rows_fail_the_run_with_exit_3_naming_the_file(tiny_model_dir, corpus_300, tmp_path):

@@ -181,15 +181,22 @@ def test_wide_rows_partitions_and_bad_bytes_every_row_once(tiny_model_dir, tiny_
     # readers other tools use take the folder as it is, and skip an uncommitted part and the job's metadata
     leftover = out / "_tmp-0123-part-x.parquet.tmp"
     pq.write_table(pa.table({"row_id": ["ghost"]}), leftover)
-    assert {"_job.json", "_run.json", "_SUCCESS", "_attempts"} <= set(os.listdir(out))
+    assert {"_job.json", "_run.json", "_SUCCESS", "_lease", "_staging"} <= set(os.listdir(out))
     assert len(pd.read_parquet(out)) == 300
     assert pads.dataset(out, format="parquet").to_table().num_rows == 300
     assert pq.read_table(out).num_rows == 300
     assert ray.data.read_parquet(str(out)).count() == 300
 
-    # an input changed since the run started is refused by --resume, naming the file
+    # an input rewritten since the run: --resume redoes that file's parts from its new version, keeps the other's
+    kept = {p: (out / p).stat().st_ino for p in os.listdir(out) if p.startswith("part-")}
     time.sleep(0.01)
     _partition(texts, [f"b{i}:" for i in range(150)], src / "part=b" / "data-0.parquet")
-    with pytest.raises(JobError, match=r"part=b/data-0.parquet changed since the run started \(size"):
-        run_translate(TranslateConfig(input=str(src), output=str(out), model=str(tiny_model_dir), decode=FAST, rows_per_shard=100,
-                                      resume=True))
+    again = run_translate(TranslateConfig(input=str(src), output=str(out), model=str(tiny_model_dir), decode=FAST, rows_per_shard=100,
+                                          resume=True))
+    assert again["status"] == "complete" and again["shards_done_now"] == 2 and again["shards_done_before"] == 2
+    after = pq.read_table(out).to_pylist()
+    assert len(after) == 300 and len({r["row_id"] for r in after}) == 300
+    assert sorted(r["doc"] for r in after if r["row_id"].startswith("part=b")) == sorted(f"b{i}:" for i in range(150))
+    a_parts = [p for p in kept if json.loads(pq.read_schema(out / p).metadata[b"s2s_stats"])["unit"]["label"].startswith("part=a")]
+    assert len(a_parts) == 2 and all((out / p).stat().st_ino == kept[p] for p in a_parts)  # part=a's parts were not redone
+    assert len(os.listdir(out / "_rejected")) == 2  # part=b's old parts, kept for inspection

@@ -26,7 +26,7 @@ from s2s.export.graphs import DECODER_STATE, DECODER_STEP, ENCODER, DecoderState
 from s2s.export.parity import parity_gate
 from s2s.export.vmap import VMAP_FILE, build_vmap
 from s2s.export.runtime import FORMAT, MANIFEST, ModelDir, OrtEngine, library_versions, sha256, usable_cpus
-from s2s.output import absolute, is_uri
+from s2s.storage import absolute, is_uri
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, load_sentencepiece
 from s2s.translator import DecodeConfig, TorchEngine, Translator, pad_ids
 
@@ -107,7 +107,7 @@ def _state_graph_diff(model_dir: Path, manifest: dict, sources: list[list[int]],
 def _remote_model_exists(uri: str) -> bool:
     import pyarrow.fs as pafs
 
-    from s2s.output import filesystem
+    from s2s.storage import filesystem
 
     fs, base = filesystem(uri)
     return fs.get_file_info(f"{base}/{MANIFEST}").type == pafs.FileType.File
@@ -115,7 +115,7 @@ def _remote_model_exists(uri: str) -> bool:
 
 def _upload_model(local: Path, uri: str, manifest: dict) -> None:
     """The model's files, then its manifest: fetch_model_dir reads the manifest first and checks every hash."""
-    from s2s.output import filesystem, write_durably
+    from s2s.storage import filesystem, write_durably
 
     fs, base = filesystem(uri)
     fs.create_dir(base, recursive=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s2s.output import build_folder_once, filesystem, is_uri
+from s2s.storage import build_folder_once, filesystem, is_uri
 from s2s.search import State
 from s2s.tokenizer import load_sentencepiece
 from s2s.translator import DecodeConfig, Translator

@@ -1,13 +1,16 @@
 """Faults for the translate job's tests, injected from outside the production code.
 
-A test puts this folder on the PYTHONPATH of an `s2s-job translate` subprocess and names a fault in
-S2S_TEST_FAULT. Python runs this file at the start of that process and of every worker Ray starts for it
-(they inherit the environment); once the targeted module is imported, its class is wrapped:
+A test puts this folder on the PYTHONPATH of an `s2s-job translate` subprocess and names faults in
+S2S_TEST_FAULT, comma-separated. Python runs this file at the start of that process and of every worker Ray
+starts for it (they inherit the environment); once the targeted module is imported, its class is wrapped:
 
-    slow:<seconds>           every Translator.translate call sleeps first, so that a kill lands mid-run
-    die_once:<marker>        the first translate call of the run kills its process (as a lost node would)
-    poison:<text>            a translate call whose texts contain <text> kills its process, every time
-    broken_engine:<marker>   the first actor to translate gets an engine whose every step raises, as on a failed device
+    slow:<seconds>                every Translator.translate call sleeps first, so that a kill lands mid-run
+    die_once:<marker>             the first translate call of the run kills its process (as a lost node would)
+    poison:<text>                 a translate call whose texts contain <text> kills its process, every time
+    broken_engine:<marker>        the first process to translate gets an engine whose every step raises, as on a failed device
+    broken_engine_once:<marker>   the first engine made (in any process) fails every step; engines made after it work
+    echo                          Translator.translate answers "T:" + the text itself (or its error) without the
+                                  model: exact and fast, so that a test can check each row holds its own text's translation
 """
 
 import importlib.abc
@@ -15,7 +18,7 @@ import os
 import sys
 import time
 
-KIND, _, ARG = os.environ.get("S2S_TEST_FAULT", "").partition(":")
+FAULTS = [f.partition(":")[::2] for f in os.environ.get("S2S_TEST_FAULT", "").split(",") if f]
 
 
 def _first(marker: str) -> bool:
@@ -27,37 +30,50 @@ def _first(marker: str) -> bool:
     return True
 
 
-def _patch_translator(module) -> None:
+def _patch_translator(module, kind, arg) -> None:
     original = module.Translator.translate
 
     def translate(self, texts):
-        if KIND == "slow":
-            time.sleep(float(ARG))
-        if KIND == "die_once" and _first(ARG):
+        if kind == "slow":
+            time.sleep(float(arg))
+        if kind == "die_once" and _first(arg):
             os._exit(1)
-        if KIND == "poison" and any(ARG.encode() in (t.encode() if isinstance(t, str) else t or b"") for t in texts):
+        if kind == "poison" and any(arg.encode() in (t.encode("utf-8", "surrogatepass") if isinstance(t, str) else t or b"")
+                                    for t in texts):
             os._exit(1)
+        if kind == "echo":
+            out = []
+            for value in texts:
+                text, error = module.as_text(value)
+                out.append(module.Translation(None, None, 0, 0, error=error) if error else
+                           module.Translation("T:" + text, -1.0, len(text), len(text) + 2))
+            return out
         return original(self, texts)
 
     module.Translator.translate = translate
 
 
-def _patch_engine(module) -> None:
-    original = module.OrtEngine.step
-    broken = []  # decided at this process's first step
+def _patch_engine(module, kind, arg) -> None:
+    step, init = module.OrtEngine.step, module.OrtEngine.__init__
+    broken = []  # broken_engine: decided at this process's first step
 
-    def step(self, prev, state):
-        if not broken:
-            broken.append(_first(ARG))
-        if broken[0]:
+    def new_init(self, *a, **kw):
+        init(self, *a, **kw)
+        self._broken = kind == "broken_engine_once" and _first(arg)
+
+    def new_step(self, prev, state):
+        if kind == "broken_engine" and not broken:
+            broken.append(_first(arg))
+        if (broken and broken[0]) or getattr(self, "_broken", False):
             raise RuntimeError("CUDA failure 999: unspecified launch failure (injected)")
-        return original(self, prev, state)
+        return step(self, prev, state)
 
-    module.OrtEngine.step = step
+    module.OrtEngine.__init__, module.OrtEngine.step = new_init, new_step
 
 
-PATCHES = {"slow": ("s2s.translator", _patch_translator), "die_once": ("s2s.translator", _patch_translator),
-           "poison": ("s2s.translator", _patch_translator), "broken_engine": ("s2s.export.runtime", _patch_engine)}
+TARGETS = {"slow": ("s2s.translator", _patch_translator), "die_once": ("s2s.translator", _patch_translator),
+           "poison": ("s2s.translator", _patch_translator), "echo": ("s2s.translator", _patch_translator),
+           "broken_engine": ("s2s.export.runtime", _patch_engine), "broken_engine_once": ("s2s.export.runtime", _patch_engine)}
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
@@ -84,5 +100,6 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-if KIND in PATCHES:
-    sys.meta_path.insert(0, _PatchOnImport(*PATCHES[KIND]))
+for kind, arg in FAULTS:
+    module_name, patch = TARGETS[kind]
+    sys.meta_path.insert(0, _PatchOnImport(module_name, lambda module, patch=patch, kind=kind, arg=arg: patch(module, kind, arg)))

@@ -1,0 +1,94 @@
+"""A translate run's outcome: each part's counts (kept in its footer) and the run's summary, `_run.json`.
+
+    status        complete            every planned unit is in a verified part and the error rate is within
+                                      --max-error-rate: _SUCCESS is written, exit 0
+                  failed_error_rate   every unit is committed but too many rows have an error: exit 1, and
+                                      exit 1 again on --resume until the gate is raised
+                  incomplete          the run stopped (Ray, storage, a changed input, a lost lease): exit 3;
+                                      what was committed is kept for --resume
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from s2s.quality import QualityCounts
+
+
+def error_kinds(errors: list) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    for e in errors:
+        if e is not None:
+            key = e.split(" (")[0].split(":")[0].split(";")[0] if not e.startswith("input has") else "input over max_input_tokens"
+            kinds[key] = kinds.get(key, 0) + 1
+    return kinds
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else value
+
+
+def part_counts(rows: pa.Table, text_column: str, names: dict[str, str]) -> dict:
+    """A part's counts for _run.json: rows, errors by kind, tokens, and the quality counts (texts stored as
+    Parquet BINARY count as UTF-8)."""
+    errors = rows.column(names["error"]).to_pylist()
+    quality = QualityCounts()
+    ok = rows.filter(pc.is_null(rows.column(names["error"])))
+    for source, translation, src_tokens, tgt_tokens in zip(*(ok.column(c).to_pylist() for c in
+                                                             (text_column, names["translation"], names["src_tokens"], names["tgt_tokens"]))):
+        quality.add(_text(source), translation, src_tokens, tgt_tokens)
+    return {"rows": rows.num_rows, "errors": sum(e is not None for e in errors), "error_kinds": error_kinds(errors),
+            "src_tokens": int(pc.sum(rows.column(names["src_tokens"])).as_py() or 0),
+            "tgt_tokens": int(pc.sum(rows.column(names["tgt_tokens"])).as_py() or 0), "quality": quality.counts()}
+
+
+def outcome(complete: bool, rows: int, errors: int, max_error_rate: float) -> dict:
+    """The run's status (see the module docstring) and its error rate."""
+    rate = round(errors / rows, 6) if rows else 0.0
+    status = "incomplete" if not complete else "failed_error_rate" if rate > max_error_rate else "complete"
+    return {"status": status, "complete": complete, "error_rate": rate, "max_error_rate": max_error_rate}
+
+
+def summarize(parts: dict[str, dict], fresh: set[str], units: list[dict], complete: bool, wall: float, max_error_rate: float,
+              references: QualityCounts | None = None) -> dict:
+    """Counts over every verified part (earlier runs' included); speed over the parts this run wrote."""
+    rows = errors = src_tokens = tgt_tokens = repaired = 0
+    kinds: dict[str, int] = {}
+    quality = references or QualityCounts()
+    for stats in parts.values():
+        rows, errors = rows + stats["rows"], errors + stats["errors"]
+        src_tokens, tgt_tokens = src_tokens + stats["src_tokens"], tgt_tokens + stats["tgt_tokens"]
+        quality.add_counts(stats["quality"])
+        repaired += stats.get("repaired_utf8_cells", 0)
+        for k, v in stats["error_kinds"].items():
+            kinds[k] = kinds.get(k, 0) + v
+    now = [parts[n] for n in fresh if n in parts]
+    rows_now, tokens_now = sum(s["rows"] for s in now), sum(s["tgt_tokens"] for s in now)
+    return {
+        **outcome(complete, rows, errors, max_error_rate),
+        "shards_total": len(units), "shards_committed": len(parts), "shards_done_before": len(parts) - len(now), "shards_done_now": len(now),
+        "rows_total": sum(u["stop"] - u["start"] for u in units),
+        "rows": rows, "translated": rows - errors, "errors": errors, "error_kinds": kinds,
+        "src_tokens": src_tokens, "tgt_tokens": tgt_tokens, "repaired_utf8_cells": repaired,
+        "rows_this_run": rows_now, "wall_seconds": round(wall, 2),
+        "sentences_per_s": round(rows_now / wall, 2) if wall else 0.0, "tokens_per_s": round(tokens_now / wall, 2) if wall else 0.0,
+        "providers": sorted({s["provider"] for s in now}), "variants": sorted({s.get("variant", "") for s in now} - {""}),
+        "nodes": sorted({s["node"] for s in now}),
+        "quality": quality.signals(),
+    }
+
+
+def fingerprint(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=_plain).encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot fingerprint {type(value).__name__}")
