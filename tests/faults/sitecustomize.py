@@ -100,6 +100,16 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-for kind, arg in FAULTS:
-    module_name, patch = TARGETS[kind]
-    sys.meta_path.insert(0, _PatchOnImport(module_name, lambda module, patch=patch, kind=kind, arg=arg: patch(module, kind, arg)))
+def _patches_for(module_name):
+    """Every fault named for this module, applied in the order given (the last one wraps outermost)."""
+    chosen = [(TARGETS[kind][1], kind, arg) for kind, arg in FAULTS if TARGETS[kind][0] == module_name]
+
+    def patch(module):
+        for fn, kind, arg in chosen:
+            fn(module, kind, arg)
+
+    return patch
+
+
+for name in dict.fromkeys(TARGETS[kind][0] for kind, _ in FAULTS):  # one finder per module: two would call each other
+    sys.meta_path.insert(0, _PatchOnImport(name, _patches_for(name)))
