@@ -207,7 +207,8 @@ def test_a_driver_killed_and_left_a_zombie_does_not_block_the_retry(tiny_model_d
 
 def test_two_runs_started_together_on_s3_one_takes_the_folder(s3_env, tiny_model_dir, tmp_path):
     """Two schedulers start the same run on one S3 output at once, the second with --overwrite: the lease is a
-    conditional PutObject, so exactly one runs; the other exits 3 and touches nothing. Every row once."""
+    conditional PutObject, so exactly one runs; the others exit 3 and touch nothing (or, for the one without
+    --overwrite that looks after another has begun, exit 2: the folder is not empty). Every row once."""
     s3 = pafs.S3FileSystem(endpoint_override=s3_env["AWS_ENDPOINT_URL"], access_key=s3_env["AWS_ACCESS_KEY_ID"],
                            secret_key=s3_env["AWS_SECRET_ACCESS_KEY"], region=s3_env["AWS_DEFAULT_REGION"], allow_bucket_creation=True)
     s3.create_dir("race")
@@ -218,9 +219,9 @@ def test_two_runs_started_together_on_s3_one_takes_the_folder(s3_env, tiny_model
     procs = [cli(*args, faults="echo,slow:1", env=s3_env), cli(*args, "--overwrite", faults="echo,slow:1", env=s3_env),
              cli(*args, "--overwrite", faults="echo,slow:1", env=s3_env)]
     results = [finish(p) for p in procs]
-    codes = sorted(code for code, _ in results)
-    assert codes == [0, 3, 3], [log[-2000:] for _, log in results]
-    assert all("another run" in log for code, log in results if code == 3)
+    assert [code for code, _ in results].count(0) == 1, [log[-2000:] for _, log in results]
+    for n, (code, log) in enumerate(results):  # each loser refused: the live lease, or (the run without --overwrite) files there
+        assert code == 0 or (code == 3 and "another run" in log) or (n == 0 and code == 2 and "not empty" in log), log[-2000:]
     check("race/out", ids("corpus.parquet", 300), fs=s3)
     epochs = [i.base_name for i in s3.get_file_info(pafs.FileSelector("race/out/_lease")) if i.base_name.startswith("epoch-")]
     assert epochs == ["epoch-0000000001.json"]  # the losers created no epoch
