@@ -71,7 +71,9 @@ def init_ray(dashboard: bool) -> str:
     # Ray 2.60 turns token authentication on for a new local cluster and says so at WARNING on every run;
     # it stays on, and the note goes (setting RAY_AUTH_MODE here instead comes too late: Ray reads it at import)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(logging_level=logging.WARNING, include_dashboard=dashboard,
+    # address="local": a cluster of this process's own, even where another job on this machine runs one (without
+    # it Ray joins that one, and refuses this _system_config: "When connecting to an existing cluster ...")
+    ray.init(address="local", logging_level=logging.WARNING, include_dashboard=dashboard,
              _system_config={"num_workers_soft_limit": LOCAL_WORKERS_SOFT_LIMIT})
     return "local cluster"
 
