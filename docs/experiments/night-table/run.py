@@ -39,6 +39,9 @@ ap.add_argument("model", type=Path)
 ap.add_argument("sentences", type=Path)
 ap.add_argument("work", type=Path)
 ap.add_argument("--rows", type=int, default=600)
+ap.add_argument("--variant", default="auto", help="the model variant for every run and the reference (fp32: translations that do "
+                "not depend on the batch; int8's activations are quantized per batch, so a row's translation can change with "
+                "the rows beside it)")
 a = ap.parse_args()
 shutil.rmtree(a.work, ignore_errors=True)
 a.work.mkdir(parents=True)
@@ -56,7 +59,8 @@ def own_translations(texts: list) -> list:
     todo = sorted({t for t in texts if isinstance(t, str) and t not in _reference})
     if todo:
         global _translator
-        _translator = _translator or load_translator(a.model, DecodeConfig(), device="cpu")
+        # the CLI's defaults: beam 4; the variant the runs are given
+        _translator = _translator or load_translator(a.model, DecodeConfig(beam_size=4), variant=a.variant, device="cpu")
         for t, r in zip(todo, _translator.translate(todo)):
             _reference[t] = r.translation
     return [_reference.get(t) for t in texts]
@@ -67,7 +71,7 @@ def cli(*args: str, faults: str = "", env: dict | None = None) -> subprocess.Pop
     if faults:
         e["PYTHONPATH"] = os.pathsep.join(p for p in (str(FAULTS), e.get("PYTHONPATH")) if p)
         e["S2S_TEST_FAULT"] = faults
-    return subprocess.Popen([sys.executable, "-m", "s2s.cli", "translate", *args, "--model", str(a.model)], env=e,
+    return subprocess.Popen([sys.executable, "-m", "s2s.cli", "translate", *args, "--model", str(a.model), "--variant", a.variant], env=e,
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -92,13 +96,14 @@ def report(row: str, code: int, log: str, out: str, truth: dict[str, str] | None
     ids = [r.get("row_id") for r in rows]
     texts = [r.get("text") if not isinstance(r.get("text"), bytes) else r["text"].decode("utf-8", "replace") for r in rows]
     translation = next((k for k in (rows[0] if rows else {}) if k.endswith("translation")), "translation")
+    error = translation[: -len("translation")] + "error"  # with --result-prefix, the input may have its own `error`
     got = [r.get(translation) for r in rows]
     want = own_translations(texts)
     success = fs.get_file_info(f"{out}/_SUCCESS").type == pafs.FileType.File
     result = {"row": row, "exit": code, "success": success, "rows": len(rows), "distinct_ids": len(set(ids)),
               "mispaired": sum(1 for i, t in zip(ids, texts) if truth is not None and truth.get(i) != t),
               "other_translation": sum(1 for g, w in zip(got, want) if g is not None and g != w),
-              "errors": sum(1 for r in rows if r.get(next((k for k in r if k.endswith("error")), "error"))),
+              "errors": sum(1 for r in rows if r.get(error)),
               **extra, "last_line": (log.strip().splitlines() or [""])[-1][:240]}
     print(json.dumps(result, ensure_ascii=False), flush=True)
     return result
