@@ -190,10 +190,10 @@ class PeakRSS:
         return self.peak
 
 
-def timed_process(cmd: list[str]) -> dict:
+def timed_process(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> dict:
     """Run `cmd` to the end: wall seconds from start to exit, and the peak RSS of its process tree."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
     rss = PeakRSS(proc.pid)
     log = proc.communicate()[0]
     wall, peak = time.perf_counter() - t0, rss.stop()
@@ -202,11 +202,13 @@ def timed_process(cmd: list[str]) -> dict:
     return {"process_wall_s": wall, "peak_rss_bytes": peak}
 
 
-def run_translate_cli(input_path: Path, output: Path, model: Path, extra: list[str]) -> dict:
-    """`s2s-job translate` in a subprocess; its _run.json plus wall time and peak RSS of its process tree."""
+def run_translate_cli(input_path: Path, output: Path, model: Path, extra: list[str], env: dict | None = None,
+                      cwd: Path | None = None) -> dict:
+    """`s2s-job translate` in a subprocess (`env`, `cwd`: e.g. another checkout's s2s first on the path);
+    its _run.json plus wall time and peak RSS of its process tree."""
     cmd = [S2S_JOB, "translate", str(input_path), "--text-column", "src", "--output", str(output), "--model", str(model),
            "--rows-per-shard", str(ROWS_PER_SHARD), "--overwrite", *extra]
-    return {**timed_process(cmd), **json.loads((output / "_run.json").read_text())}
+    return {**timed_process(cmd, env, cwd), **json.loads((output / "_run.json").read_text())}
 
 
 def repeated_parquet(texts: list[str], n: int, path: Path) -> Path:

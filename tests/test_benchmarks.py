@@ -19,3 +19,24 @@ def test_protocol_costs_runs_locally_and_on_s3(tmp_path):
         mine = [r for r in rows if r["where"] == where]
         assert [r["what"].split(" ")[0] for r in mine] == ["read", "publish", "one", "one"]
         assert all(r["ours_ms"] > 0 for r in mine) and [r["plain_ms"] is not None for r in mine] == [True, True, False, False]
+
+
+def test_pipeline_before_after_runs_both_checkouts_and_the_bare_loop(tiny_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "passes.json"
+    log = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_before_after.py"), "--ref", "HEAD", "--model", str(tiny_model_dir),
+                          "--run", str(tiny_run), "--rows", "300", "--passes", "1", "--threads", "1", "--json", str(out)],
+                         check=True, timeout=600, capture_output=True, text=True, cwd=ROOT).stdout
+    assert "after / before" in log and "GFLOP/s" in log
+    passes = json.loads(out.read_text())["passes"]
+    assert sorted(passes) == ["after", "bare", "before"] and all(len(v) == 1 for v in passes.values())
+    assert passes["after"][0]["rows"] == passes["before"][0]["rows"] == 300
+    assert "before" not in subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+
+
+def test_delta_compare_asks_every_question_on_both_stores(tmp_path):
+    log = subprocess.run([sys.executable, str(ROOT / "docs" / "experiments" / "delta-compare" / "run.py"), "--work", str(tmp_path)],
+                         check=True, timeout=300, capture_output=True, text=True).stdout
+    lines = [json.loads(x) for x in log.splitlines() if x.startswith("{") and '"q"' in x]
+    assert {(x["q"], x["store"]) for x in lines} == {(q, s) for q in ("Q1", "Q2", "Q3", "Q4") for s in ("local", "s3-moto")}
+    stalled = [x for x in lines if x["q"] == "Q3" and x["variant"] == "nonempty_snapshot"]
+    assert len(stalled) == 2 and all(x["rows"] == x["rows_by_tag"].get("B", 0) + x["stale_A_rows_after_overwrite"] for x in stalled)
