@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from s2s.export.runtime import load_translator
+from s2s.engine import load_translator
 from s2s.translator import DecodeConfig
 
 

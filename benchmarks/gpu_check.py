@@ -6,7 +6,7 @@
 Steps, each timed, each reported even when it fails (the steps after it go on where they can):
 
     env        the GPU, CUDA, cuDNN, torch and onnxruntime versions, onnxruntime's providers and whether
-               its CUDA provider can load here (s2s.export.runtime.cuda_available)
+               its CUDA provider can load here (s2s.engine.cuda_available)
     matmul     the device's measured bf16 matrix-product rate (the ceiling the decode rows are held against)
     prepare    s2s.train.prepare on the bundled data: split, SentencePiece, tokenized splits
     bf16       which dtypes the LSTMs compute in under the training step's bf16 autocast
@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/run.py: t
 from run import CountingEngine, decode_flops_per_row  # noqa: E402
 
 from s2s.data import BUNDLED_DATA, pad_batch  # noqa: E402
-from s2s.export.runtime import usable_cpus  # noqa: E402
+from s2s.engine import usable_cpus  # noqa: E402
 from s2s.model import ModelConfig, Seq2Seq, shift_target  # noqa: E402
 from s2s.tokenizer import EOS_ID, PAD_ID, load_sentencepiece  # noqa: E402
 from s2s.train import TrainConfig, fit, prepare, train_step  # noqa: E402
@@ -83,7 +83,7 @@ def run_step(name: str, fn, *args):
 def step_env(a: argparse.Namespace) -> dict:
     import onnxruntime as ort
 
-    from s2s.export.runtime import cuda_available
+    from s2s.engine import cuda_available
 
     row("env", "python", platform.python_version())
     row("env", "torch", torch.__version__, f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version() if torch.cuda.is_available() else '-'}")
@@ -263,7 +263,7 @@ def step_export(cfg: TrainConfig, ckpts: Checkpoints, model_dir: Path) -> dict:
 
 def engines_on_device(a: argparse.Namespace, model: Seq2Seq, model_dir: Path, env: dict) -> dict:
     """The engines the decode rows compare, on the device: PyTorch eager and onnxruntime fp32 with I/O binding."""
-    from s2s.export.runtime import OrtEngine, load_model_dir
+    from s2s.engine import OrtEngine, load_model_dir
 
     device = torch.device("cuda" if env["cuda"] else "cpu")
     engines = {f"torch {device.type} fp32 eager": TorchEngine(_copy_to(model, device))}

@@ -26,7 +26,7 @@ import onnxruntime as ort
 import pyarrow.parquet as pq
 
 import s2s.search
-from s2s.export.runtime import OrtEngine, load_model_dir
+from s2s.engine import OrtEngine, load_model_dir
 from s2s.tokenizer import load_sentencepiece
 from s2s.translator import DecodeConfig, Translator
 

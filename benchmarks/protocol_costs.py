@@ -30,7 +30,6 @@ import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from s2s.commit import open_folder, part_bytes

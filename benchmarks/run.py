@@ -30,8 +30,9 @@ import pyarrow.parquet as pq
 import torch
 
 from s2s.data import token_batches
-from s2s.evaluate import corpus_scores, load_model
-from s2s.export.runtime import OrtEngine, load_model_dir, usable_cpus
+from s2s.evaluate import load_model
+from s2s.quality import corpus_scores
+from s2s.engine import OrtEngine, load_model_dir, usable_cpus
 from s2s.plots import read_metrics
 from s2s.run_dir import checkpoint_file
 from s2s.tokenizer import load_sentencepiece
@@ -362,6 +363,7 @@ def bench_training(a: argparse.Namespace, work: Path) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from s2s.cluster import init_ray
+    from s2s.progress import Console, relayed
     from s2s.train import TrainConfig, fit, train_loop_per_worker
 
     speeds: dict[str, list[float]] = {"bare": [], "ray": []}
@@ -371,17 +373,27 @@ def bench_training(a: argparse.Namespace, work: Path) -> None:
         for name in ("config.json", "src.model", "tgt.model"):
             shutil.copy(a.run / name, run / name)
         shutil.copytree(a.run / "data", run / "data")
-        cfg = TrainConfig(run_dir=str(run), max_steps=a.train_steps, log_every=10, max_minutes=0, warmup_steps=10)
+        # an interval every 10 steps (fewer on a smoke run's few steps): the first, which warms up, is left out
+        cfg = TrainConfig(run_dir=str(run), max_steps=a.train_steps, log_every=min(10, max(1, a.train_steps // 4)), max_minutes=0,
+                          warmup_steps=10)
         if mode == "bare":
             torch.set_num_threads(a.threads)
-            fit(cfg, 0, 1, torch.device("cpu"))
+
+            def save(metrics: dict, checkpoint: dict | None, path: Path = run / "checkpoint.pt") -> None:
+                if checkpoint is not None:  # written as Ray Train's worker writes it, so that both pay the same
+                    torch.save(checkpoint, path)
+
+            fit(cfg, save, say=lambda line: None, show=lambda line: None)
         else:
             init_ray(dashboard=True)  # the local cluster `s2s-job train` starts
             try:
-                TorchTrainer(train_loop_per_worker, train_loop_config={"cfg": cfg, "threads": a.threads},
-                             torch_config=TorchConfig(backend="gloo"),
-                             scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-                             run_config=RunConfig(storage_path=str(run / "ray"), name="bench")).fit()
+                with relayed(Console(every=0)) as relay:
+                    result = TorchTrainer(train_loop_per_worker, train_loop_config={"cfg": cfg, "threads": a.threads, "relay": relay},
+                                          torch_config=TorchConfig(backend="gloo"),
+                                          scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+                                          run_config=RunConfig(storage_path=str(run / "ray"), name="bench")).fit()
+                if result.error:
+                    raise result.error
             finally:
                 ray.shutdown()
         speeds[mode] += [x["tokens_per_s"] for x in read_metrics(run)[0]][1:]  # the first interval warms up

@@ -128,7 +128,7 @@ class TranslateBatch:
     def __init__(self, model: str, attempts: str, decode, variant: str, device: str, threads: int, relay, poison_limit: int):
         import ray
 
-        from s2s.export.runtime import load_translator
+        from s2s.engine import load_translator
 
         self.relay, self.attempts_template, self.poison_limit = relay, attempts, poison_limit
         self.translator = SafeTranslator(load_translator(model, decode, variant, device, threads))

@@ -178,7 +178,7 @@ def translate(
 
     A text file (one sentence per line) or stdin is translated line by line into a text file or stdout.
     Exit codes: 0 done, 1 error rate over --max-error-rate, 2 bad invocation, 3 the run failed (rerun with --resume)."""
-    from s2s.export.runtime import DeviceError, ModelDirError
+    from s2s.engine import DeviceError, ModelDirError
     from s2s.lease import LeaseHeld, LeaseLost
     from s2s.textfile import is_text_path, translate_text
     from s2s.translate import JobError, TranslateConfig, fill_template, run_translate
@@ -254,7 +254,7 @@ def attention(
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("attention.png"),
 ) -> None:
     """Translate one sentence (greedy, onnxruntime) and draw its source-by-target attention map."""
-    from s2s.export.runtime import ModelDirError, load_translator
+    from s2s.engine import ModelDirError, load_translator
     from s2s.plots import draw_translation_attention
 
     try:

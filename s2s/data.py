@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from s2s.tokenizer import pad_ids
+
 if TYPE_CHECKING:
     import torch
 
@@ -188,11 +190,8 @@ def token_batches(
 
 
 def pad_batch(seqs: list[np.ndarray] | list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad id sequences into a (B, T) LongTensor; also return the (B,) lengths."""
+    """`pad_ids` as (B, T) and (B,) LongTensors, for training."""
     import torch  # here: the CLI imports this module for its defaults, and torch takes a second to import
 
-    lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    out = torch.full((len(seqs), int(lens.max())), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-    return out, lens
+    ids, lens = pad_ids(seqs, pad_id)
+    return torch.from_numpy(ids), torch.from_numpy(lens)

@@ -7,26 +7,12 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import sacrebleu
 import torch
 
 from s2s.model import ModelConfig, Seq2Seq
+from s2s.quality import corpus_scores
 from s2s.tokenizer import load_sentencepiece
 from s2s.translator import DecodeConfig, TorchEngine, Translator
-
-
-def corpus_scores(hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
-    """BLEU and chrF of hypotheses against a variable number of references per sentence."""
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
-    if not hypotheses:
-        return {"bleu": 0.0, "chrf": 0.0}
-    n_streams = max(len(r) for r in references)
-    # sacrebleu takes one stream per reference slot; None marks a sentence with fewer references
-    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(n_streams)]
-    bleu = sacrebleu.corpus_bleu(hypotheses, streams)
-    chrf = sacrebleu.corpus_chrf(hypotheses, streams)
-    return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2)}
 
 
 def load_model(checkpoint: str | Path) -> tuple[Seq2Seq, dict]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import sacrebleu
+
 UNKNOWN_PIECE = "\u2047"  # what SentencePiece writes for an unknown token (" ⁇ ")
 
 
@@ -50,15 +52,13 @@ class QualityCounts:
     hypotheses: list[str] = field(default_factory=list)  # only kept for rows that have references
     references: list[list[str]] = field(default_factory=list)
 
-    def add(self, source: str, translation: str, src_tokens: int, tgt_tokens: int, references: list[str] | None = None) -> None:
+    def add(self, source: str, translation: str, src_tokens: int, tgt_tokens: int) -> None:
         self.rows += 1
         self.src_tokens += src_tokens
         self.tgt_tokens += tgt_tokens
         self.copies += source.strip().casefold() == translation.strip().casefold()
         self.unknown += translation.count(UNKNOWN_PIECE)
         self.repeated += has_repeated_ngram(translation)
-        if references:
-            self.add_references(translation, references)
 
     def add_references(self, translation: str, references: list[str]) -> None:
         self.hypotheses.append(translation)
@@ -80,7 +80,19 @@ class QualityCounts:
             "repeated_4gram_rate": round(self.repeated / self.rows, 6) if self.rows else None,
         }
         if self.hypotheses:
-            from s2s.evaluate import corpus_scores
-
             out.update({"reference_rows": len(self.hypotheses), **corpus_scores(self.hypotheses, self.references)})
         return out
+
+
+def corpus_scores(hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
+    """BLEU and chrF of hypotheses against a variable number of references per sentence."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
+    if not hypotheses:
+        return {"bleu": 0.0, "chrf": 0.0}
+    n_streams = max(len(r) for r in references)
+    # sacrebleu takes one stream per reference slot; None marks a sentence with fewer references
+    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(n_streams)]
+    bleu = sacrebleu.corpus_bleu(hypotheses, streams)
+    chrf = sacrebleu.corpus_chrf(hypotheses, streams)
+    return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2)}

@@ -1,6 +1,6 @@
 """Greedy and beam search, written once over a step function.
 
-An engine (PyTorch in `engines.py`, onnxruntime in `s2s.export.runtime`) supplies
+An engine (`TorchEngine` in `s2s.translator`, `OrtEngine` in `s2s.engine`) supplies
 
     step(prev_tokens: np.ndarray (N,), state) -> (log_probs: np.ndarray (N, V), new_state)
 
@@ -12,7 +12,7 @@ copied only when a sentence ends, not at every step's reorder of beams (the larg
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -40,7 +40,6 @@ class Hypothesis:
     tokens: list[int]  # target ids, without BOS and EOS
     score: float  # sum of log-probabilities, EOS included when it ended
     normalized: float  # score / len**length_penalty, what beams are ranked by
-    step_log_probs: list[float] = field(default_factory=list)
 
 
 def greedy_search(step: StepFn, state: State, batch: int, bos: int, eos: int, max_len: np.ndarray) -> list[Hypothesis]:
@@ -68,9 +67,8 @@ def greedy_search(step: StepFn, state: State, batch: int, bos: int, eos: int, ma
             prev = best
     hyps = []
     for b in range(batch):
-        lps = step_lp[b, : steps[b]].tolist()
-        score = float(sum(lps))
-        hyps.append(Hypothesis(tokens[b, : steps[b] - ended[b]].tolist(), score, score, lps))
+        score = float(sum(step_lp[b, : steps[b]].tolist()))  # summed in Python, in step order, as before
+        hyps.append(Hypothesis(tokens[b, : steps[b] - ended[b]].tolist(), score, score))
     return hyps
 
 
@@ -104,14 +102,12 @@ def beam_search(
     scores = np.full((batch, K), -np.inf)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     seqs = np.zeros((batch, K, 0), dtype=np.int64)  # (n, K, t) tokens so far
-    seq_lp = np.zeros((batch, K, 0))  # (n, K, t) their log-probs
     prev = np.full(batch * K, bos, dtype=np.int64)
     ranks = np.arange(2 * K)[None, :]
     t = 0
     while len(active):
         log_probs, state = step(prev, state)
         n, V = len(active), log_probs.shape[1]
-        lp = log_probs.reshape(n, K, V)
         # The 2K best continuations of a sentence are among the 2K best tokens of each of its beams (a beam's
         # score is one constant added to all its tokens), so top-k per beam first: torch.topk does it ~20x
         # faster than numpy's argpartition over the whole (n, K*V) row, which dominated beam search time.
@@ -130,7 +126,7 @@ def beam_search(
             b, bm, tk, sc = active[j], beam[j, r], int(tok[j, r]), float(top_scores[j, r])
             toks = seqs[j, bm].tolist() + ([] if tk == eos else [tk])
             length = len(toks) + (1 if tk == eos else 0)
-            finished[b].append(Hypothesis(toks, sc, sc / (max(length, 1) ** length_penalty), seq_lp[j, bm].tolist() + [float(lp[j, bm, tk])]))
+            finished[b].append(Hypothesis(toks, sc, sc / (max(length, 1) ** length_penalty)))
         cont = finite & ~ends
         keep = cont & (np.cumsum(cont, axis=1) <= K)  # the K best live continuations of each sentence
         n_done = np.asarray([len(finished[b]) for b in active])
@@ -147,6 +143,5 @@ def beam_search(
         # a sentence's beams share its encoder outputs: they move only when sentences end
         state.update(fixed if len(alive) == n else select_state(fixed, (rows * K + np.arange(K)).reshape(-1)))
         seqs = np.concatenate([seqs[rows, pick_beam], pick_tok[..., None]], axis=2)
-        seq_lp = np.concatenate([seq_lp[rows, pick_beam], lp[rows, pick_beam, pick_tok][..., None]], axis=2)
         scores, prev, active = pick_scores[alive], pick_tok.reshape(-1), active[alive]
     return [sorted(f, key=lambda h: -h.normalized)[:nbest] for f in finished]

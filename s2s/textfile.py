@@ -50,7 +50,7 @@ def failed_marker(target: str) -> Path:
 def translate_text(source: str, target: str, model: str, decode: DecodeConfig, variant: str = "auto", device: str = "auto",
                    threads: int = 0, max_error_rate: float = 0.05) -> dict:
     """Translate `source` (a .txt file or "-") line by line into `target` (a file or "-"); return the summary."""
-    from s2s.export.runtime import load_translator, usable_cpus
+    from s2s.engine import load_translator, usable_cpus
 
     if source != "-" and not Path(source).is_file():
         raise FileNotFoundError(f"{source}: no such file. Pass a text file with one sentence per line, or - for stdin.")

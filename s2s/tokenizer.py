@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -53,3 +54,12 @@ def load_sentencepiece(model_path: str | Path) -> spm.SentencePieceProcessor:
     if (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
         raise ValueError(f"{path}: special ids are not pad=0 unk=1 bos=2 eos=3; it was not made by s2s-job")
     return sp
+
+
+def pad_ids(seqs, pad_id: int = PAD_ID) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad id sequences (lists or arrays) into an int64 (B, S) array; also return the (B,) lengths."""
+    lens = np.asarray([len(s) for s in seqs], dtype=np.int64)
+    out = np.full((len(seqs), int(lens.max())), pad_id, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return out, lens

@@ -27,10 +27,10 @@ import torch.distributed as dist
 
 from s2s.cluster import init_ray, is_head, node_shapes, work_resources
 from s2s.data import BUNDLED_DATA, DataError, load_pairs, pad_batch, split_pairs, token_batches
-from s2s.evaluate import corpus_scores
+from s2s.quality import corpus_scores
 from s2s.model import ModelConfig, Seq2Seq, sequence_loss, shift_target
 from s2s.progress import Console, duration, relayed
-from s2s.storage import absolute, is_uri
+from s2s.storage import absolute, is_uri, write_local
 from s2s.run_dir import CHECKPOINT_FILE, CONFIG_FILE, EXPERIMENT, LOGS, PREPARED, publish, run_config, working_copy
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_sentencepiece, train_sentencepiece
 from s2s.translator import DecodeConfig, TorchEngine, Translator
@@ -131,9 +131,7 @@ def prepare(cfg: TrainConfig) -> ModelConfig:
     log.info("prepared %s", stats)
     config = {"run_id": os.urandom(8).hex(), "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"},
               "model": dataclasses.asdict(model_cfg), "data": stats}
-    tmp = run / f"{CONFIG_FILE}.tmp"
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, run / CONFIG_FILE)
+    write_local(run / CONFIG_FILE, json.dumps(config, indent=2).encode())
     if is_uri(cfg.run_dir):
         publish(run, cfg.run_dir, PREPARED + (CONFIG_FILE,))
         shutil.rmtree(run, ignore_errors=True)
@@ -535,7 +533,6 @@ def train(cfg: TrainConfig) -> dict:
     best by valid BLEU and the latest, which `--resume` continues from; a second run on the same folder
     without --resume is refused by `prepare`.
     """
-    import ray
     from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 

@@ -34,12 +34,12 @@ from s2s.actor import TranslateBatch, results_columns, translate_here
 from s2s.cluster import init_ray, is_head, node_shapes, work_resources
 from s2s.commit import (JOB_FILE, RUN_FILE, STAGING_DIR, SUCCESS_FILE, commit_unit, final_check, now_utc, open_folder, read_marker, remove_success,
                         verify_parts, write_marker, write_success)
-from s2s.export.runtime import choose_providers, library_versions
+from s2s.engine import choose_providers, library_versions
 from s2s.inputs import JobError, Plan, as_bytes, plan, read_rows, read_texts, result_names, texts_digest
 from s2s.lease import LEASE_DIR, Fence, Lease, LeaseHeld, LeaseLost
 from s2s.progress import Progress, relayed, say
 from s2s.quality import QualityCounts, as_references
-from s2s.status import fingerprint, outcome, summarize
+from s2s.status import fingerprint, summarize
 from s2s.storage import absolute, filesystem
 from s2s.translator import DecodeConfig
 
@@ -107,7 +107,7 @@ def fill_template(path: str, values: dict[str, str | None]) -> str:
 
 def run_translate(cfg: TranslateConfig) -> dict:
     """Translate every row of the input into the output folder; return (and write) the run's summary."""
-    from s2s.export.runtime import load_model_dir
+    from s2s.engine import load_model_dir
 
     t0 = time.time()
     model_dir = load_model_dir(cfg.model)  # fails at once, naming the file, before any work starts
@@ -272,7 +272,7 @@ def _summary(cfg: TranslateConfig, work: Plan, parts: dict, fresh: set, complete
 
 def _translate_here(cfg: TranslateConfig, todo: list[dict], folder, job: dict, lease: Lease, phases: dict, t0: float):
     """Each unit in turn in this process: read its texts, translate, commit."""
-    from s2s.export.runtime import load_translator, usable_cpus
+    from s2s.engine import load_translator, usable_cpus
 
     threads = int(cfg.cpus_per_actor) or usable_cpus()
     state: dict = {}

@@ -1,7 +1,7 @@
 """Text in, text out: tokenization, length-sorted sub-batches, the search, and results in input order.
 
 The engine is anything with `encode(src_ids, src_lens) -> state` and `step(prev, state)`: `TorchEngine`
-below for evaluation, `s2s.export.runtime.OrtEngine` for the translate job. Both share this code.
+below for evaluation, `s2s.engine.OrtEngine` for the translate job. Both share this code.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import regex
 import sentencepiece as spm
 
 from s2s.search import Hypothesis, State, beam_search, greedy_search
-from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from s2s.tokenizer import BOS_ID, EOS_ID, pad_ids
 
 if TYPE_CHECKING:
     import torch
@@ -84,15 +84,6 @@ class TorchEngine:
             lp, h, c, feed, attn = self.model.decode_step(self.torch.from_numpy(prev).to(self.device), state["h"], state["c"],
                                                           state["feed"], state["memory"], state["mask"])
         return lp.float().cpu().numpy(), {**state, "h": h, "c": c, "feed": feed, "attention": attn}
-
-
-def pad_ids(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad id lists into an int64 (B, S) array; also return the (B,) lengths."""
-    lens = np.asarray([len(s) for s in seqs], dtype=np.int64)
-    out = np.full((len(seqs), int(lens.max())), PAD_ID, dtype=np.int64)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
-    return out, lens
 
 
 def attention_of(engine: Engine, src_ids: list[int], out_ids: list[int]) -> np.ndarray:

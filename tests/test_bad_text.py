@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s2s.export.runtime import load_translator
+from s2s.engine import load_translator
 from s2s.translator import DecodeConfig, as_text
 
 FAST = DecodeConfig(max_decoding_length=20)

@@ -40,3 +40,18 @@ def test_delta_compare_asks_every_question_on_both_stores(tmp_path):
     assert {(x["q"], x["store"]) for x in lines} == {(q, s) for q in ("Q1", "Q2", "Q3", "Q4") for s in ("local", "s3-moto")}
     stalled = [x for x in lines if x["q"] == "Q3" and x["variant"] == "nonempty_snapshot"]
     assert len(stalled) == 2 and all(x["rows"] == x["rows_by_tag"].get("B", 0) + x["stale_A_rows_after_overwrite"] for x in stalled)
+
+
+def test_run_py_every_section_on_the_tiny_model(tiny_run, tiny_model_dir, tmp_path):
+    """Each section of the speed table, on seconds of work: the training section once called `fit` with a signature
+    it no longer had, and nothing noticed."""
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--model", str(tiny_model_dir), "--run", str(tiny_run),
+                    "--threads", "1", "--sentences", "16", "--decode-passes", "1", "--pipeline-rows", "200", "--pipeline-passes", "1",
+                    "--train-steps", "12", "--train-rounds", "1", "--scale", "200,400", "--no-scale-bare", "--json", str(out)],
+                   check=True, timeout=900, cwd=ROOT)
+    rows = json.loads(out.read_text())["rows"]
+    sections = {r["section"] for r in rows}
+    assert sections == {"decode", "int8", "pipeline", "actors", "training", "scale", "limit", "padding"}, sections
+    training = next(r for r in rows if r["section"] == "training")
+    assert training["a"] > 0 and training["b"] > 0, training

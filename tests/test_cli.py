@@ -66,7 +66,7 @@ def test_date_and_partition_fill_the_path_templates(tiny_model_dir, tmp_path):
 def test_translate_path_does_not_load_torch():
     """The CLI and everything the translate job's driver, read and commit tasks import stay free of torch:
     importing it costs a second per command and per fresh Ray worker (the actors load onnxruntime only)."""
-    code = ("import sys, s2s.cli, s2s.translate, s2s.export.runtime, s2s.search, s2s.translator; "
+    code = ("import sys, s2s.cli, s2s.translate, s2s.engine, s2s.search, s2s.translator; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -318,7 +318,7 @@ def test_text_mode_retries_a_failed_engine_and_writes_only_what_succeeded(tiny_m
     target = tmp_path / "out.txt"
     proc = cli(str(source), "--output", str(target), "--model", str(tiny_model_dir), "--json", *FAST,
                faults=f"broken_engine_once:{tmp_path / 'broken'}")
-    out, err = proc.communicate(timeout=300)[0], ""
+    out = proc.communicate(timeout=300)[0]
     summary = json.loads(out[out.index("{"):out.rindex("}") + 1])
     assert proc.returncode == 0 and "loading it afresh" in out, out
     assert summary["translated"] == 50 and summary["errors"] == 1 and summary["engine_reloads"] == 1 and summary["status"] == "complete"

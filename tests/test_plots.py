@@ -60,7 +60,7 @@ def test_attention_map(tiny_run, tiny_model_dir, tmp_path):
     import numpy as np
 
     from s2s.evaluate import load_model
-    from s2s.export.runtime import load_translator
+    from s2s.engine import load_translator
     from s2s.translator import TorchEngine, attention_of
 
     translator = load_translator(tiny_model_dir, variant="fp32", device="cpu")  # compared with fp32 PyTorch below

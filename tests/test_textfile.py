@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from s2s.cli import app
-from s2s.export.runtime import load_translator
+from s2s.engine import load_translator
 from s2s.translator import DecodeConfig
 
 

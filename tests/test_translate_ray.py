@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from s2s.export.runtime import ModelDirError, choose_providers, cuda_available, load_translator
+from s2s.engine import ModelDirError, choose_providers, cuda_available, load_translator
 from s2s.translate import JobError, TranslateConfig, run_translate
 from s2s.translator import DecodeConfig
 

@@ -21,14 +21,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from s2s.evaluate import corpus_scores, load_model
+from s2s.evaluate import load_model
+from s2s.quality import corpus_scores
 from s2s.export.graphs import DECODER_STATE, DECODER_STEP, ENCODER, DecoderState, DecoderStep, Encoder, example_inputs, export_graph
 from s2s.export.parity import parity_gate
 from s2s.export.vmap import VMAP_FILE, build_vmap
-from s2s.export.runtime import FORMAT, MANIFEST, ModelDir, OrtEngine, library_versions, sha256, usable_cpus
+from s2s.engine import FORMAT, MANIFEST, ModelDir, OrtEngine, library_versions, sha256, usable_cpus
 from s2s.storage import absolute, is_uri
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, load_sentencepiece
-from s2s.translator import DecodeConfig, TorchEngine, Translator, pad_ids
+from s2s.tokenizer import pad_ids
+from s2s.translator import DecodeConfig, TorchEngine, Translator
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ import numpy as np
 
 from s2s.search import beam_search, greedy_search
 from s2s.tokenizer import BOS_ID, EOS_ID
-from s2s.translator import Engine, pad_ids
+from s2s.tokenizer import pad_ids
+from s2s.translator import Engine
 
 
 def forced_log_probs(engine: Engine, src: np.ndarray, lens: np.ndarray, outputs: list[list[int]]) -> list[np.ndarray]:

@@ -73,7 +73,7 @@ def _patch_engine(module, kind, arg) -> None:
 
 TARGETS = {"slow": ("s2s.translator", _patch_translator), "die_once": ("s2s.translator", _patch_translator),
            "poison": ("s2s.translator", _patch_translator), "echo": ("s2s.translator", _patch_translator),
-           "broken_engine": ("s2s.export.runtime", _patch_engine), "broken_engine_once": ("s2s.export.runtime", _patch_engine)}
+           "broken_engine": ("s2s.engine", _patch_engine), "broken_engine_once": ("s2s.engine", _patch_engine)}
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):

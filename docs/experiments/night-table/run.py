@@ -53,7 +53,7 @@ _translator = None
 
 def own_translations(texts: list) -> list:
     """What the model makes of each text in this process (the CLI's default decoding)."""
-    from s2s.export.runtime import load_translator
+    from s2s.engine import load_translator
     from s2s.translator import DecodeConfig
 
     todo = sorted({t for t in texts if isinstance(t, str) and t not in _reference})

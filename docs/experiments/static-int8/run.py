@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from s2s.evaluate import corpus_scores
-from s2s.export.runtime import ModelDir, OrtEngine, load_model_dir
+from s2s.quality import corpus_scores
+from s2s.engine import ModelDir, OrtEngine, load_model_dir
 from s2s.tokenizer import load_sentencepiece
 from s2s.translator import DecodeConfig, Translator
 

@@ -1,4 +1,7 @@
-"""Load an exported model directory and run it with onnxruntime (PyTorch only holds device buffers for I/O binding)."""
+"""The inference engine: load an exported model directory (from a path or a URI, verified against its manifest)
+and run it with onnxruntime on the provider that loads (PyTorch only holds device buffers for I/O binding).
+
+Both `s2s-job translate` (its actors and text mode) and `s2s.export` (the parity check) use it."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ class ModelDirError(ValueError):
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries a model or a run depends on, for manifests and run.json."""
+    """Versions of the libraries a model or a run depends on, for manifests and _run.json."""
     from importlib import metadata
 
     out = {}
@@ -102,7 +105,7 @@ def fetch_model_dir(uri: str) -> Path:
     return build_folder_once(target, fetch)
 
 
-def load_model_dir(path: str | Path, verify: bool = True) -> ModelDir:
+def load_model_dir(path: str | Path) -> ModelDir:
     """Read manifest.json and check every file's SHA-256; raise ModelDirError naming what is wrong.
 
     `path` may be a URI (s3://, gs://): the directory is then fetched into a local cache first."""
@@ -119,13 +122,12 @@ def load_model_dir(path: str | Path, verify: bool = True) -> ModelDir:
         raise ModelDirError(f"{mpath}: not valid JSON ({e}). Re-export the model.") from e
     if manifest.get("format") != FORMAT or "files" not in manifest:
         raise ModelDirError(f"{mpath}: not an s2s-job manifest (format {manifest.get('format')!r}, expected {FORMAT!r}). {hint}")
-    if verify:
-        for name, digest in manifest["files"].items():
-            f = path / name
-            if not f.is_file():
-                raise ModelDirError(f"{f}: listed in the manifest but missing. Re-export the model or restore the file.")
-            if sha256(f) != digest:
-                raise ModelDirError(f"{f}: SHA-256 does not match the manifest; the file was changed or corrupted. Re-export the model.")
+    for name, digest in manifest["files"].items():
+        f = path / name
+        if not f.is_file():
+            raise ModelDirError(f"{f}: listed in the manifest but missing. Re-export the model or restore the file.")
+        if sha256(f) != digest:
+            raise ModelDirError(f"{f}: SHA-256 does not match the manifest; the file was changed or corrupted. Re-export the model.")
     return ModelDir(path, manifest)
 
 
