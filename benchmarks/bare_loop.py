@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from s2s.engine import load_translator
-from s2s.translator import DecodeConfig
+from s2s.config import DecodeConfig
 
 
 def bare_loop(input_path: Path, output: Path, model: Path, decode: DecodeConfig, threads: int, rows_per_shard: int) -> None:

@@ -47,10 +47,13 @@ from run import CountingEngine, decode_flops_per_row  # noqa: E402
 
 from s2s.data import BUNDLED_DATA, pad_batch  # noqa: E402
 from s2s.engine import usable_cpus  # noqa: E402
-from s2s.model import ModelConfig, Seq2Seq, shift_target  # noqa: E402
+from s2s.config import ModelConfig  # noqa: E402
+from s2s.model import Seq2Seq, shift_target  # noqa: E402
 from s2s.tokenizer import EOS_ID, PAD_ID, load_sentencepiece  # noqa: E402
-from s2s.train import TrainConfig, fit, prepare, train_step  # noqa: E402
-from s2s.translator import DecodeConfig, TorchEngine, Translator  # noqa: E402
+from s2s.config import TrainConfig  # noqa: E402
+from s2s.train import fit, prepare, train_step  # noqa: E402
+from s2s.config import DecodeConfig  # noqa: E402
+from s2s.translator import TorchEngine, Translator  # noqa: E402
 
 T0 = time.time()
 TABLE: list[dict] = []
@@ -244,7 +247,8 @@ def step_resume(cfg: TrainConfig, device: torch.device, ckpts: Checkpoints, extr
 
 
 def step_export(cfg: TrainConfig, ckpts: Checkpoints, model_dir: Path) -> dict:
-    from s2s.export.convert import ExportConfig, export_run
+    from s2s.config import ExportConfig
+    from s2s.export.convert import export_run
 
     manifest = export_run(cfg.run_dir, model_dir, ExportConfig(checkpoint=str(ckpts.best), quantize="int8", vmap=False))
     gate = manifest["parity"]

@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 import s2s.search
 from s2s.engine import OrtEngine, load_model_dir
 from s2s.tokenizer import load_sentencepiece
-from s2s.translator import DecodeConfig, Translator
+from s2s.config import DecodeConfig
+from s2s.translator import Translator
 
 
 class Clock:

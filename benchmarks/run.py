@@ -36,7 +36,8 @@ from s2s.engine import OrtEngine, load_model_dir, usable_cpus
 from s2s.plots import read_metrics
 from s2s.run_dir import checkpoint_file
 from s2s.tokenizer import load_sentencepiece
-from s2s.translator import DecodeConfig, TorchEngine, Translator
+from s2s.config import DecodeConfig
+from s2s.translator import TorchEngine, Translator
 
 S2S_JOB = shutil.which("s2s-job", path=os.path.dirname(sys.executable)) or "s2s-job"  # this venv's, even unactivated
 SECTIONS = ("decode", "int8", "pipeline", "actors", "training", "scale", "limit", "padding")
@@ -364,7 +365,8 @@ def bench_training(a: argparse.Namespace, work: Path) -> None:
 
     from s2s.cluster import init_ray
     from s2s.progress import Console, relayed
-    from s2s.train import TrainConfig, fit, train_loop_per_worker
+    from s2s.config import TrainConfig
+    from s2s.train import fit, train_loop_per_worker
 
     speeds: dict[str, list[float]] = {"bare": [], "ray": []}
     for i, mode in enumerate(("bare", "ray") * a.train_rounds):  # alternated: this machine's speed drifts 10-20% over minutes
@@ -401,7 +403,7 @@ def bench_training(a: argparse.Namespace, work: Path) -> None:
     record("training", f"Ray Train 1 worker vs bare loop, {a.train_rounds}x{a.train_steps} steps alternated (median)", results["ray"],
            results["bare"], "tok/s", "ratio >= 0.95")
     model_cfg = json.loads((a.run / "config.json").read_text())["model"]
-    from s2s.model import ModelConfig
+    from s2s.config import ModelConfig
 
     cfg = ModelConfig(**model_cfg)
     src_l, tgt_l = train_lengths(a.run)

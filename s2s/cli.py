@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from s2s.data import BUNDLED_DATA
+from s2s.config import DecodeConfig, ExportConfig, ModelConfig, TrainConfig, TranslateConfig
 
+# every option's default is the settings' own (s2s/config.py): read from them, never typed again here
+MODEL, TRAIN, EXPORT, EVALUATE_DECODE = ModelConfig(), TrainConfig(), ExportConfig(), DecodeConfig()
+TRANSLATE = TranslateConfig(input="", output="")  # only its defaults are read
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, export and run an LSTM translator on Ray.")
 
 
@@ -21,47 +23,38 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _failure(error: BaseException) -> str:
-    """What failed, in one line. A Ray task's error carries the remote traceback as text: the last exception
-    it names that is not one of Ray's own wrappers is the one our code raised."""
-    raised = [line for line in str(error).splitlines() if re.match(r"[A-Za-z_][\w.]*: ", line) and not line.startswith("ray.")]
-    return raised[-1] if raised else f"{type(error).__name__}: {error}"
-
-
 @app.command()
 def train(
-    run_dir: Annotated[str, typer.Option(help="Where the run writes tokenizers, checkpoints and metrics: a folder or s3://...")] = "runs/eng-fra",
-    data: Annotated[str, typer.Option(help="Parquet or TSV (with header) of sentence pairs; a path or s3://...")] = str(BUNDLED_DATA),
-    source_column: Annotated[str, typer.Option(help="Column with source sentences.")] = "en",
-    target_column: Annotated[str, typer.Option(help="Column with target sentences.")] = "fr",
-    workers: Annotated[int, typer.Option(help="Ray Train workers (DDP processes); more than the CPUs is allowed.")] = 2,
-    cpus: Annotated[float, typer.Option(help="CPUs the workers share (0: all the Ray cluster has).")] = 0,
-    gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="Force GPUs (nccl) or CPUs (gloo); default: GPUs when Ray has them.")] = None,
-    src_vocab_size: Annotated[int, typer.Option(help="Source SentencePiece vocabulary.")] = 4000,
-    tgt_vocab_size: Annotated[int, typer.Option(help="Target SentencePiece vocabulary.")] = 4000,
-    emb_dim: Annotated[int, typer.Option(help="Embedding size.")] = 256,
-    hidden_size: Annotated[int, typer.Option(help="LSTM hidden size (encoder output, decoder state).")] = 512,
-    encoder_layers: Annotated[int, typer.Option(help="Bidirectional encoder layers.")] = 1,
-    decoder_layers: Annotated[int, typer.Option(help="Decoder LSTM layers.")] = 1,
-    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.1,
-    batch_tokens: Annotated[int, typer.Option(help="Tokens per step, all workers together (rows x longer side, padded).")] = 6000,
-    lr: Annotated[float, typer.Option(help="Adam peak learning rate.")] = 3e-3,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 300,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.1,
-    average_last: Annotated[float, typer.Option(help="Average the weights over this last share of the run (0: off).")] = 0.0,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (the time bound usually ends a run first).")] = 12,
-    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (0: no bound).")] = 0,
-    max_minutes: Annotated[float, typer.Option(help="Stop training after this many minutes (0: no bound).")] = 50.0,
-    patience: Annotated[int, typer.Option(help="Early stop after this many epochs without better valid BLEU (0: never).")] = 3,
-    log_every: Annotated[int, typer.Option(help="Steps between progress lines.")] = 50,
-    bf16: Annotated[Optional[bool], typer.Option("--bf16/--fp32", help="bfloat16 autocast; default: on GPU and on CPUs with native bf16.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 1234,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir from its last checkpoint.")] = False,
-    verbose: Annotated[bool, typer.Option(help="Also show Ray Train's own log lines (its worker group's start-up).")] = False,
+    run_dir: Annotated[str, typer.Option(help="Where the run writes tokenizers, checkpoints and metrics: a folder or s3://...")] = TRAIN.run_dir,
+    data: Annotated[str, typer.Option(help="Parquet or TSV (with header) of sentence pairs; a path or s3://...")] = TRAIN.data,
+    source_column: Annotated[str, typer.Option(help="Column with source sentences.")] = TRAIN.source_column,
+    target_column: Annotated[str, typer.Option(help="Column with target sentences.")] = TRAIN.target_column,
+    workers: Annotated[int, typer.Option(help="Ray Train workers (DDP processes); more than the CPUs is allowed.")] = TRAIN.workers,
+    cpus: Annotated[float, typer.Option(help="CPUs the workers share (0: all the Ray cluster has).")] = TRAIN.cpus,
+    gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="Force GPUs (nccl) or CPUs (gloo); default: GPUs when Ray has them.")] = TRAIN.use_gpu,
+    src_vocab_size: Annotated[int, typer.Option(help="Source SentencePiece vocabulary.")] = MODEL.src_vocab_size,
+    tgt_vocab_size: Annotated[int, typer.Option(help="Target SentencePiece vocabulary.")] = MODEL.tgt_vocab_size,
+    emb_dim: Annotated[int, typer.Option(help="Embedding size.")] = MODEL.emb_dim,
+    hidden_size: Annotated[int, typer.Option(help="LSTM hidden size (encoder output, decoder state).")] = MODEL.hidden_size,
+    encoder_layers: Annotated[int, typer.Option(help="Bidirectional encoder layers.")] = MODEL.encoder_layers,
+    decoder_layers: Annotated[int, typer.Option(help="Decoder LSTM layers.")] = MODEL.decoder_layers,
+    dropout: Annotated[float, typer.Option(help="Dropout.")] = MODEL.dropout,
+    batch_tokens: Annotated[int, typer.Option(help="Tokens per step, all workers together (rows x longer side, padded).")] = TRAIN.batch_tokens,
+    lr: Annotated[float, typer.Option(help="Adam peak learning rate.")] = TRAIN.lr,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = TRAIN.warmup_steps,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = TRAIN.label_smoothing,
+    average_last: Annotated[float, typer.Option(help="Average the weights over this last share of the run (0: off).")] = TRAIN.average_last,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (the time bound usually ends a run first).")] = TRAIN.epochs,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (0: no bound).")] = TRAIN.max_steps,
+    max_minutes: Annotated[float, typer.Option(help="Stop training after this many minutes (0: no bound).")] = TRAIN.max_minutes,
+    patience: Annotated[int, typer.Option(help="Early stop after this many epochs without better valid BLEU (0: never).")] = TRAIN.patience,
+    log_every: Annotated[int, typer.Option(help="Steps between progress lines.")] = TRAIN.log_every,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16/--fp32", help="bfloat16 autocast; default: on GPU and on CPUs with native bf16.")] = TRAIN.bf16,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = TRAIN.seed,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir from its last checkpoint.")] = TRAIN.resume,
+    verbose: Annotated[bool, typer.Option(help="Also show Ray Train's own log lines (its worker group's start-up).")] = TRAIN.verbose,
 ) -> None:
     """Train an English->French (or any pair) LSTM translator with DDP under Ray Train."""
-    from s2s.model import ModelConfig
-    from s2s.train import TrainConfig
     from s2s.train import train as run_training
 
     try:
@@ -82,15 +75,14 @@ def train(
 def evaluate(
     run_dir: Annotated[str, typer.Argument(help="A training run directory (or s3://...).")],
     split: Annotated[str, typer.Option(help="valid or test.")] = "test",
-    beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = 1,
-    length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = 1.0,
+    beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = EVALUATE_DECODE.beam_size,
+    length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = EVALUATE_DECODE.length_penalty,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     samples: Annotated[int, typer.Option(help="Sample translations to show.")] = 5,
     attention: Annotated[int, typer.Option(help="Draw attention maps of this many samples into RUN_DIR/attention/.")] = 0,
 ) -> None:
     """Score a run's checkpoint on its test split (BLEU, chrF, multi-reference) and write eval.json."""
     from s2s.evaluate import evaluate_run
-    from s2s.translator import DecodeConfig
 
     try:
         result = evaluate_run(run_dir, split, DecodeConfig(beam_size=beam_size, length_penalty=length_penalty), checkpoint, samples,
@@ -104,16 +96,16 @@ def evaluate(
 def export(
     run_dir: Annotated[str, typer.Argument(help="A training run directory (or s3://...).")],
     out: Annotated[str, typer.Option(help="Model directory to write (or s3://...).")] = "models/eng-fra",
-    quantize: Annotated[Optional[str], typer.Option(help="int8: add an onnxruntime dynamic-quantized variant.")] = None,
-    exporter: Annotated[str, typer.Option(help="torch.onnx exporter: torchscript or dynamo (fp32 only).")] = "torchscript",
-    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
-    parity_sentences: Annotated[int, typer.Option(help="Held-out sentences the parity gate decodes.")] = 200,
-    tolerance: Annotated[float, typer.Option(help="Max |delta log-prob| per step between PyTorch and onnxruntime; twice PyTorch's own difference between batch sizes where that is larger.")] = 1e-4,
-    vmap: Annotated[bool, typer.Option(help="Also export a vocabulary map for shortlist decoding (translate --use-vmap).")] = True,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing model directory.")] = False,
+    quantize: Annotated[Optional[str], typer.Option(help="int8: add an onnxruntime dynamic-quantized variant.")] = EXPORT.quantize,
+    exporter: Annotated[str, typer.Option(help="torch.onnx exporter: torchscript or dynamo (fp32 only).")] = EXPORT.exporter,
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = EXPORT.checkpoint,
+    parity_sentences: Annotated[int, typer.Option(help="Held-out sentences the parity gate decodes.")] = EXPORT.parity_sentences,
+    tolerance: Annotated[float, typer.Option(help="Max |delta log-prob| per step between PyTorch and onnxruntime; twice PyTorch's own difference between batch sizes where that is larger.")] = EXPORT.tolerance,
+    vmap: Annotated[bool, typer.Option(help="Also export a vocabulary map for shortlist decoding (translate --use-vmap).")] = EXPORT.vmap,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model directory.")] = EXPORT.overwrite,
 ) -> None:
     """Export a run's checkpoint to ONNX (encoder + single-step decoder), behind a parity gate."""
-    from s2s.export.convert import ExportConfig, ParityError, export_run
+    from s2s.export.convert import ParityError, export_run
 
     try:
         cfg = ExportConfig(exporter=exporter, checkpoint=checkpoint, parity_sentences=parity_sentences, tolerance=tolerance,
@@ -141,48 +133,48 @@ def translate(
                                             "Or a .txt file (one sentence per line), or - for stdin: translated in this process.")],
     output: Annotated[Optional[str], typer.Option(help="Output folder (default: outputs/<input name>): local, POSIX or s3://; for text "
                                                        "input a text file, or - for stdout (the default with stdin).")] = None,
-    model: Annotated[str, typer.Option(help="Exported model directory.")] = "models/eng-fra",
-    text_column: Annotated[str, typer.Option(help="Column with the text to translate (string, or binary holding UTF-8).")] = "text",
-    id_column: Annotated[Optional[str], typer.Option(help="Column with row ids, unique and never null (default: add row_id = file#row).")] = None,
-    allow_duplicate_ids: Annotated[bool, typer.Option(help="Accept an --id-column with duplicate or null values.")] = False,
-    reference_column: Annotated[Optional[str], typer.Option(help="Column with references (string or list): adds BLEU/chrF to _run.json.")] = None,
+    model: Annotated[str, typer.Option(help="Exported model directory.")] = TRANSLATE.model,
+    text_column: Annotated[str, typer.Option(help="Column with the text to translate (string, or binary holding UTF-8).")] = TRANSLATE.text_column,
+    id_column: Annotated[Optional[str], typer.Option(help="Column with row ids, unique and never null (default: add row_id = file#row).")] = TRANSLATE.id_column,
+    allow_duplicate_ids: Annotated[bool, typer.Option(help="Accept an --id-column with duplicate or null values.")] = TRANSLATE.allow_duplicate_ids,
+    reference_column: Annotated[Optional[str], typer.Option(help="Column with references (string or list): adds BLEU/chrF to _run.json.")] = TRANSLATE.reference_column,
     result_prefix: Annotated[str, typer.Option(help="Write the results as <prefix>translation, <prefix>score, ... (for inputs "
-                                                    "that have columns of those names).")] = "",
-    beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = 4,
-    nbest: Annotated[int, typer.Option(help="Hypotheses per row; > 1 adds an nbest list column.")] = 1,
-    length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = 1.0,
-    max_batch_tokens: Annotated[int, typer.Option(help="Padded source tokens per decoding sub-batch.")] = 4096,
-    max_input_tokens: Annotated[int, typer.Option(help="Longer inputs are refused (or truncated with --truncate).")] = 250,
-    truncate: Annotated[bool, typer.Option(help="Truncate inputs over --max-input-tokens instead of refusing them.")] = False,
-    max_decoding_length: Annotated[int, typer.Option(help="Hard cap on output tokens.")] = 256,
-    use_vmap: Annotated[bool, typer.Option(help="Project each step onto the vocabulary-map shortlist (fp32: faster; int8: slower here).")] = False,
+                                                    "that have columns of those names).")] = TRANSLATE.result_prefix,
+    beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = TRANSLATE.decode.beam_size,
+    nbest: Annotated[int, typer.Option(help="Hypotheses per row; > 1 adds an nbest list column.")] = TRANSLATE.decode.nbest,
+    length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = TRANSLATE.decode.length_penalty,
+    max_batch_tokens: Annotated[int, typer.Option(help="Padded source tokens per decoding sub-batch.")] = TRANSLATE.decode.max_batch_tokens,
+    max_input_tokens: Annotated[int, typer.Option(help="Longer inputs are refused (or truncated with --truncate).")] = TRANSLATE.decode.max_input_tokens,
+    truncate: Annotated[bool, typer.Option(help="Truncate inputs over --max-input-tokens instead of refusing them.")] = TRANSLATE.decode.truncate_long_input,
+    max_decoding_length: Annotated[int, typer.Option(help="Hard cap on output tokens.")] = TRANSLATE.decode.max_decoding_length,
+    use_vmap: Annotated[bool, typer.Option(help="Project each step onto the vocabulary-map shortlist (fp32: faster; int8: slower here).")] = TRANSLATE.decode.use_vmap,
     executor: Annotated[str, typer.Option(help="ray: Ray Data actors, on the cluster at RAY_ADDRESS or a local one; local: in this "
-                                               "process, without Ray (small inputs).")] = "ray",
-    actors: Annotated[int, typer.Option(help="Translate actors (0: as many as fit, leaving room for I/O tasks).")] = 0,
-    cpus_per_actor: Annotated[float, typer.Option(help="CPUs per actor, also its onnxruntime threads (0: one 1-thread actor per core, less half a CPU per node for I/O).")] = 0.0,
-    gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor.")] = 0.0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (cuda fails at once if it cannot load).")] = "auto",
-    variant: Annotated[str, typer.Option(help="Model variant: fp32, int8, or auto (the model's CPU default).")] = "auto",
-    rows_per_shard: Annotated[int, typer.Option(help="Rows per unit of work and output part.")] = 2000,
+                                               "process, without Ray (small inputs).")] = TRANSLATE.executor,
+    actors: Annotated[int, typer.Option(help="Translate actors (0: as many as fit, leaving room for I/O tasks).")] = TRANSLATE.actors,
+    cpus_per_actor: Annotated[float, typer.Option(help="CPUs per actor, also its onnxruntime threads (0: one 1-thread actor per core, less half a CPU per node for I/O).")] = TRANSLATE.cpus_per_actor,
+    gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor.")] = TRANSLATE.gpus_per_actor,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (cuda fails at once if it cannot load).")] = TRANSLATE.device,
+    variant: Annotated[str, typer.Option(help="Model variant: fp32, int8, or auto (the model's CPU default).")] = TRANSLATE.variant,
+    rows_per_shard: Annotated[int, typer.Option(help="Rows per unit of work and output part.")] = TRANSLATE.rows_per_shard,
     date: Annotated[Optional[str], typer.Option(help="Fills {date} in the input and output paths (e.g. 2026-11-21).")] = None,
     partition: Annotated[Optional[str], typer.Option(help="Fills {partition} in the input and output paths.")] = None,
-    max_error_rate: Annotated[float, typer.Option(help="Exit 1 when more than this share of rows has an error.")] = 0.05,
-    overwrite: Annotated[bool, typer.Option(help="Empty a non-empty output folder first.")] = False,
+    max_error_rate: Annotated[float, typer.Option(help="Exit 1 when more than this share of rows has an error.")] = TRANSLATE.max_error_rate,
+    overwrite: Annotated[bool, typer.Option(help="Empty a non-empty output folder first.")] = TRANSLATE.overwrite,
     resume: Annotated[bool, typer.Option(help="Finish an earlier run in the output folder: verified parts are kept; parts of "
-                                              "input files that changed are redone, new files translated.")] = False,
-    lease_seconds: Annotated[float, typer.Option(help="How long the output folder's lease lasts without renewal.")] = 120.0,
+                                              "input files that changed are redone, new files translated.")] = TRANSLATE.resume,
+    lease_seconds: Annotated[float, typer.Option(help="How long the output folder's lease lasts without renewal.")] = TRANSLATE.lease_seconds,
     json_summary: Annotated[bool, typer.Option("--json", help="Print the run's summary (_run.json) on stdout, for scripts.")] = False,
-    verbose: Annotated[bool, typer.Option(help="Also show Ray Data's own progress reports and logs.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Also show Ray Data's own progress reports and logs.")] = TRANSLATE.verbose,
 ) -> None:
     """Translate a Parquet corpus with onnxruntime in Ray Data actors; write Parquet parts, _run.json and _SUCCESS.
 
     A text file (one sentence per line) or stdin is translated line by line into a text file or stdout.
     Exit codes: 0 done, 1 error rate over --max-error-rate, 2 bad invocation, 3 the run failed (rerun with --resume)."""
+    from s2s.cluster import what_failed
     from s2s.engine import DeviceError, ModelDirError
     from s2s.lease import LeaseHeld, LeaseLost
-    from s2s.textfile import is_text_path, translate_text
-    from s2s.translate import JobError, TranslateConfig, fill_template, run_translate
-    from s2s.translator import DecodeConfig
+    from s2s.textfile import is_text_path, text_output, translate_text
+    from s2s.translate import JobError, default_output, fill_template, run_translate
 
     text_mode = is_text_path(input)
     try:
@@ -190,18 +182,16 @@ def translate(
                               max_input_tokens=max_input_tokens, truncate_long_input=truncate, max_decoding_length=max_decoding_length,
                               use_vmap=use_vmap)
         if text_mode:
-            target = output or ("-" if input == "-" else str(Path("outputs") / Path(input).name))
+            target = text_output(input, output, overwrite)
             if json_summary and target == "-":
                 raise ValueError("--json and translations on stdout would mix; pass --output FILE with --json")
-            if target != "-" and Path(target).exists() and not overwrite:
-                raise ValueError(f"{target}: already exists. Pass --overwrite or choose another --output.")
             summary = translate_text(input, target, model, decode, variant, device, max_error_rate=max_error_rate)
             typer.echo(f"{summary['lines']:,} lines: {summary['translated']:,} translated, {summary['empty']:,} empty, "
                        f"{summary['errors']:,} error(s), in {summary['seconds']} s; wrote {'stdout' if target == '-' else target}", err=True)
         else:
             values = {"date": date, "partition": partition}
             input = fill_template(input, values)
-            out = fill_template(output, values) if output else str(Path("outputs") / Path(input.rstrip("/")).stem.replace("*", "all"))
+            out = fill_template(output, values) if output else default_output(input)
             cfg = TranslateConfig(input=input, output=out, model=model, text_column=text_column, id_column=id_column,
                                   allow_duplicate_ids=allow_duplicate_ids, reference_column=reference_column, result_prefix=result_prefix,
                                   decode=decode, executor=executor, actors=actors, cpus_per_actor=cpus_per_actor,
@@ -214,7 +204,7 @@ def translate(
     except (JobError, ModelDirError, DeviceError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001 - Ray, storage, a changed input or the machine failed: the scheduler's code
-        _fail(f"run failed ({_failure(e)}). " + ("Nothing was written; fix the cause and run again." if text_mode else
+        _fail(f"run failed ({what_failed(e)}). " + ("Nothing was written; fix the cause and run again." if text_mode else
               "Committed parts are kept: rerun the same command with --resume once the cause is fixed."), code=3)
     if json_summary:  # stdout is for machines; every line for people goes to stderr
         typer.echo(json.dumps({k: v for k, v in summary.items() if k != "nothing_to_do"}, indent=2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -119,3 +120,10 @@ def node_shapes() -> tuple[list[dict], list[dict]]:
         except Exception as e:  # noqa: BLE001 - a config we cannot read must not stop the job: plan for what is alive
             log.warning("%s: cannot read the node types (%s); planning for the nodes alive", launcher, e)
     return alive, addable
+
+
+def what_failed(error: BaseException) -> str:
+    """What failed, in one line. A Ray task's error carries the remote traceback as text: the last exception
+    it names that is not one of Ray's own wrappers is the one our code raised."""
+    raised = [line for line in str(error).splitlines() if re.match(r"[A-Za-z_][\w.]*: ", line) and not line.startswith("ray.")]
+    return raised[-1] if raised else f"{type(error).__name__}: {error}"

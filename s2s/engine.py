@@ -17,7 +17,8 @@ import numpy as np
 from s2s.storage import build_folder_once, filesystem, is_uri
 from s2s.search import State
 from s2s.tokenizer import load_sentencepiece
-from s2s.translator import DecodeConfig, Translator
+from s2s.config import DecodeConfig
+from s2s.translator import Translator
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from s2s.model import ModelConfig, Seq2Seq
+from s2s.config import ModelConfig
+from s2s.model import Seq2Seq
 from s2s.quality import corpus_scores
 from s2s.tokenizer import load_sentencepiece
-from s2s.translator import DecodeConfig, TorchEngine, Translator
+from s2s.config import DecodeConfig
+from s2s.translator import TorchEngine, Translator
 
 
 def load_model(checkpoint: str | Path) -> tuple[Seq2Seq, dict]:

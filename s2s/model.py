@@ -7,36 +7,11 @@ Shapes: B batch, S source length, T target length, H hidden size, E embedding si
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    src_vocab_size: int = 4000  # source SentencePiece vocabulary
-    tgt_vocab_size: int = 4000  # target SentencePiece vocabulary
-    emb_dim: int = 256  # token embedding size, both sides
-    hidden_size: int = 512  # decoder state and encoder output width (each encoder direction gets half)
-    encoder_layers: int = 1  # stacked bidirectional LSTM layers
-    decoder_layers: int = 1  # stacked LSTM cells in the decoder
-    dropout: float = 0.1  # on embeddings, between layers and before the output projection
-    pad_id: int = PAD_ID
-    bos_id: int = BOS_ID
-    eos_id: int = EOS_ID
-
-    def __post_init__(self) -> None:
-        for name in ("src_vocab_size", "tgt_vocab_size", "emb_dim", "encoder_layers", "decoder_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.hidden_size < 2 or self.hidden_size % 2:
-            raise ValueError(f"ModelConfig.hidden_size must be even (split over two directions), got {self.hidden_size}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+from s2s.config import ModelConfig
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from s2s.actor import SafeTranslator, translate_here
 from s2s.progress import Progress, say
 from s2s.status import outcome
 from s2s.storage import write_local
-from s2s.translator import DecodeConfig
+from s2s.config import DecodeConfig
 
 CHUNK = 2000  # lines translated per call: the progress line moves, and memory stays bounded
 
@@ -45,6 +45,15 @@ def is_text_path(path: str) -> bool:
 
 def failed_marker(target: str) -> Path:
     return Path(f"{target}.failed.json")
+
+
+def text_output(source: str, output: str | None, overwrite: bool = False) -> str:
+    """Where text mode writes: `output`, else stdout for stdin and outputs/<the file's name> for a file. An
+    existing file is replaced only with `overwrite`."""
+    target = output or ("-" if source == "-" else str(Path("outputs") / Path(source).name))
+    if target != "-" and Path(target).exists() and not overwrite:
+        raise ValueError(f"{target}: already exists. Pass --overwrite or choose another --output.")
+    return target
 
 
 def translate_text(source: str, target: str, model: str, decode: DecodeConfig, variant: str = "auto", device: str = "auto",

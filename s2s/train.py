@@ -25,64 +25,19 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
+from s2s.config import ModelConfig, TrainConfig
 from s2s.cluster import init_ray, is_head, node_shapes, work_resources
-from s2s.data import BUNDLED_DATA, DataError, load_pairs, pad_batch, split_pairs, token_batches
+from s2s.data import DataError, load_pairs, pad_batch, split_pairs, token_batches
 from s2s.quality import corpus_scores
-from s2s.model import ModelConfig, Seq2Seq, sequence_loss, shift_target
+from s2s.model import Seq2Seq, sequence_loss, shift_target
 from s2s.progress import Console, duration, relayed
 from s2s.storage import absolute, is_uri, write_local
 from s2s.run_dir import CHECKPOINT_FILE, CONFIG_FILE, EXPERIMENT, LOGS, PREPARED, publish, run_config, working_copy
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_sentencepiece, train_sentencepiece
-from s2s.translator import DecodeConfig, TorchEngine, Translator
+from s2s.config import DecodeConfig
+from s2s.translator import TorchEngine, Translator
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    run_dir: str = "runs/eng-fra"  # everything the run writes goes here: a local folder or s3://bucket/prefix
-    data: str = str(BUNDLED_DATA)  # Parquet or TSV (with header) of sentence pairs; Parquet may be on s3://
-    source_column: str = "en"
-    target_column: str = "fr"
-    model: ModelConfig = field(default_factory=ModelConfig)  # vocab sizes are set from the trained tokenizers
-    workers: int = 2  # Ray Train workers (DDP processes); may exceed the CPUs: each gets a fraction
-    cpus: float = 0  # CPUs the workers share; 0: every CPU of the Ray cluster
-    use_gpu: bool | None = None  # None: use GPUs when the Ray cluster has them (nccl), else CPU (gloo)
-    valid_frac: float = 0.02  # share of source sentences held out for validation ...
-    test_frac: float = 0.02  # ... and for the test split
-    max_len: int = 80  # training pairs with more subwords on either side are skipped (counted)
-    batch_tokens: int = 6000  # per optimizer step over all workers: rows x longer side, padded
-    lr: float = 3e-3  # Adam peak learning rate
-    warmup_steps: int = 300  # linear warm-up, then linear decay to lr * min_lr_ratio at the end of the run ...
-    min_lr_ratio: float = 0.1  # ... the end being the step bound or the time bound, whichever comes first
-    average_last: float = 0.0  # average the weights over this last share of the run (checkpoint averaging); 0: off
-    clip_norm: float = 1.0  # gradient clipping (global L2 norm)
-    label_smoothing: float = 0.1
-    epochs: int = 12  # upper bound on passes over the train split
-    max_steps: int = 0  # stop after this many optimizer steps (0: no bound)
-    max_minutes: float = 50.0  # stop training after this many minutes of the loop (0: no bound)
-    patience: int = 3  # stop after this many epochs without a better valid BLEU (0: never)
-    log_every: int = 50  # steps between progress lines
-    checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often, so a kill loses little
-    seed: int = 1234
-    bf16: bool | None = None  # autocast to bfloat16; None: on GPU, and on CPUs with native bf16 (2x faster here)
-    resume: bool = False  # continue from the run's latest Ray Train checkpoint instead of starting over
-    verbose: bool = False  # also Ray Train's own INFO lines (off: its worker-group start-up lines stay in Ray's log files)
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if self.batch_tokens < self.max_len * self.workers:
-            raise ValueError(f"batch_tokens ({self.batch_tokens}) must hold at least one max_len pair per worker")
-        if not 0 < self.valid_frac + self.test_frac < 0.5:
-            raise ValueError("valid_frac + test_frac must be between 0 and 0.5")
-        for name in ("lr", "max_len", "log_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.average_last < 1:
-            raise ValueError(f"average_last must be in [0, 1), got {self.average_last}")
-        if self.epochs < 1 or self.max_steps < 0 or self.max_minutes < 0 or self.patience < 0:
-            raise ValueError("epochs must be >= 1; max_steps, max_minutes and patience >= 0")
 
 
 # ---------------------------------------------------------------- data preparation (driver, once per run)
@@ -306,6 +261,49 @@ Save = Callable[[dict, dict | None], None]
 AVERAGE_EVERY = 10  # steps between the snapshots that checkpoint averaging takes
 
 
+@dataclass
+class Worker:
+    """What one worker holds through a run. The steps of `fit` below take it and move `state` on.
+
+    `state` is what a checkpoint resumes from (epoch, batch and step reached, best valid BLEU, epochs without
+    a better one, seconds trained); the clocks and `progress` are this process's own.
+    """
+
+    cfg: TrainConfig
+    run: Path  # the run directory's local working copy
+    rank: int
+    world: int
+    device: torch.device
+    model: Seq2Seq
+    ddp: torch.nn.Module  # the model under DistributedDataParallel when world > 1, else the model itself
+    optimizer: torch.optim.Optimizer
+    save: Save
+    say: Callable[[str], None]
+    show: Callable[[str], None]
+    state: dict = field(default_factory=lambda: {"epoch": 0, "batch": 0, "step": 0, "best_bleu": -1.0, "bad_epochs": 0,
+                                                 "train_seconds": 0.0})
+    average: WeightAverage = field(default_factory=WeightAverage)
+    bf16: bool = False  # autocast to bfloat16 (TrainConfig.bf16, resolved for this device)
+    progress: float = 0.0  # how far the run is, 0 to 1 (run_progress): the learning rate follows it
+    last_train: dict = field(default_factory=dict)  # the latest progress record, whose loss the epoch record repeats
+    t_start: float = 0.0  # time.time() less the seconds trained before a resume
+    t_loop: float = 0.0  # when this process started its loop, at step `loop_step`: its pace, for the time left
+    loop_step: int = 0
+    t_checkpoint: float = 0.0  # when the latest checkpoint was reported
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """One worker's view of the training split: token ids and lengths, and the steps they make."""
+
+    src: list[np.ndarray]
+    tgt: list[np.ndarray]
+    src_lens: np.ndarray
+    tgt_lens: np.ndarray
+    batch_tokens: int  # this worker's share of a step's tokens
+    total_steps: int  # the run's step bound: epochs x steps per epoch, or max_steps if smaller
+
+
 def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 0, world: int = 1,
         device: torch.device = torch.device("cpu"), say: Callable[[str], None] = print, show: Callable[[str], None] = print) -> dict:
     """The training loop of one worker. With world > 1 the process group must already be initialized.
@@ -315,149 +313,188 @@ def fit(cfg: TrainConfig, save: Save, restored: dict | None = None, rank: int = 
     and None elsewhere. metrics["score"] is the valid BLEU it was validated at, -1 for a mid-epoch one.
     Rank 0 tells people how it goes: `say` a line to keep, `show` the progress line.
     """
+    w = build_worker(cfg, save, rank, world, device, say, show)
+    data = load_train_data(cfg, w.run, world)
+    if restored is not None:
+        resume(w, restored)
+    start_clocks(w, data)
+    w.model.train()
+    while w.state["epoch"] < cfg.epochs:
+        finished, stopped = train_epoch(w, data)
+        validate_and_keep(w, {"kind": "epoch", "complete_epoch": finished, "train_loss": w.last_train.get("loss")},
+                          f"validation after epoch {w.state['epoch']}" if finished else f"validation in epoch {w.state['epoch'] + 1} (stopped early)")
+        if cfg.patience and w.state["bad_epochs"] >= cfg.patience:
+            tell(w, f"early stop: no better valid BLEU for {cfg.patience} epochs")
+            break
+        if stopped:
+            break
+    if w.average.count >= 2:
+        validate_and_keep(w, {"kind": "average", "snapshots": w.average.count}, f"average of the last {w.average.count} snapshots, at",
+                          weights=w.average.weights)
+    return {"best_bleu": w.state["best_bleu"], "epoch": w.state["epoch"], "step": w.state["step"],
+            "train_seconds": round(w.state["train_seconds"], 1)}
+
+
+def build_worker(cfg: TrainConfig, save: Save, rank: int, world: int, device: torch.device, say: Callable[[str], None],
+                 show: Callable[[str], None]) -> Worker:
+    """The model as config.json describes it, seeded alike on every worker, under DDP when there are several."""
     run = working_copy(cfg.run_dir)
-    saved = json.loads((run / CONFIG_FILE).read_text())
-    model_cfg = ModelConfig(**saved["model"])
+    model_cfg = ModelConfig(**json.loads((run / CONFIG_FILE).read_text())["model"])
     torch.manual_seed(cfg.seed)
     model = Seq2Seq(model_cfg).to(device)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    bf16 = cfg.bf16 if cfg.bf16 is not None else (device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return Worker(cfg, run, rank, world, device, model, ddp, optimizer, save, say, show, bf16=bf16)
+
+
+def load_train_data(cfg: TrainConfig, run: Path, world: int) -> TrainData:
     src, tgt = _load_ids(run / "data" / "train.parquet")
     src_lens, tgt_lens = np.array([len(s) for s in src]), np.array([len(t) for t in tgt])
     per_worker_tokens = cfg.batch_tokens // world  # batch_tokens is the whole step, over all workers
     steps_per_epoch = len(token_batches(src_lens, tgt_lens, per_worker_tokens, cfg.seed, world)) // world
     total_steps = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
-    bf16 = cfg.bf16 if cfg.bf16 is not None else (device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return TrainData(src, tgt, src_lens, tgt_lens, per_worker_tokens, total_steps)
 
-    state = {"epoch": 0, "batch": 0, "step": 0, "best_bleu": -1.0, "bad_epochs": 0, "train_seconds": 0.0}
-    average = WeightAverage()
-    if restored is not None:
-        model.load_state_dict(restored.get("train_model", restored["model"]))  # an averaged checkpoint keeps the trained weights apart
-        optimizer.load_state_dict(restored["optimizer"])
-        average = WeightAverage(restored.get("average"))
-        state = restored["state"]
-        # every rank seeds alike, so rank 0's state is everyone's: dropout continues as if never stopped
-        restore_rng(restored, device)
-        if rank == 0:
-            say(f"resumed at epoch {state['epoch']} batch {state['batch']} step {state['step']}")
 
-    def checkpoint(score: float, record: dict | None = None, weights: dict | None = None) -> None:
-        """Report to Ray; `weights`, when given, are what the score is for (the average), kept as "model"."""
-        metrics = {"score": score, "step": state["step"], "epoch": state["epoch"],
-                   **{k: v for k, v in (record or {}).items() if isinstance(v, (int, float))}}
-        kept = None
-        if rank == 0:
-            kept = {"model": weights or model.state_dict(), "optimizer": optimizer.state_dict(), "average": average.state_dict(),
-                    "state": dict(state), "model_config": dataclasses.asdict(model_cfg), "metrics": record, **rng_state(device)}
-            if weights is not None:
-                kept["train_model"] = model.state_dict()
-        save(metrics, kept)
+def resume(w: Worker, restored: dict) -> None:
+    """Continue from a checkpoint: weights, optimizer, the averaged snapshots, the loop's state and the RNGs."""
+    w.model.load_state_dict(restored.get("train_model", restored["model"]))  # an averaged checkpoint keeps the trained weights apart
+    w.optimizer.load_state_dict(restored["optimizer"])
+    w.average = WeightAverage(restored.get("average"))
+    w.state = restored["state"]
+    # every rank seeds alike, so rank 0's state is everyone's: dropout continues as if never stopped
+    restore_rng(restored, w.device)
+    tell(w, f"resumed at epoch {w.state['epoch']} batch {w.state['batch']} step {w.state['step']}")
 
-    def log_line(record: dict) -> None:
-        if rank == 0:
-            with open(run / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
 
-    t_start = time.time() - state["train_seconds"]
-    t_loop, started_at = time.time(), state["step"]  # this process's pace, for the time left
-    t_ckpt = time.time()
-    last: dict = {}
-    stop = False
-    progress = run_progress(cfg, state["step"], total_steps, state["train_seconds"])
-    if progress < 1 - cfg.average_last:
-        average = WeightAverage()  # resumed with a longer bound: the snapshots taken so far are no longer the last ones
-    model.train()
-    while state["epoch"] < cfg.epochs and not stop:
-        batches = token_batches(src_lens, tgt_lens, per_worker_tokens, cfg.seed + state["epoch"], world)[rank::world]
-        acc = [0.0, 0.0, 0.0]  # loss, nll, tokens since the last progress line
-        t_int = time.time()
-        while state["batch"] < len(batches):
-            b = batches[state["batch"]]
-            s, sl = pad_batch([src[i] for i in b], PAD_ID)
-            t, _ = pad_batch([tgt[i] for i in b], PAD_ID)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(cfg, state["step"], progress)
-            loss, nll, n = train_step(ddp, optimizer, s.to(device), sl.to(device), t.to(device), cfg.label_smoothing, cfg.clip_norm, bf16)
-            state["batch"] += 1
-            state["step"] += 1
-            acc = [acc[0] + loss, acc[1] + nll, acc[2] + n]
-            if state["step"] % cfg.log_every == 0:
-                loss_sum, nll_sum, toks = _all_sum(acc, device)
-                elapsed = time.time() - t_start
-                last = {"kind": "train", "epoch": state["epoch"] + 1, "step": state["step"], "loss": round(loss_sum / toks, 4),
-                        "ppl": round(math.exp(min(nll_sum / toks, 50)), 2), "lr": optimizer.param_groups[0]["lr"],
-                        "tokens_per_s": round(toks / (time.time() - t_int)), "elapsed_s": round(elapsed, 1)}
-                if rank == 0:
-                    # time left: the steps still to do at this pace, or the --max-minutes bound, whichever comes first
-                    steps_done_now = state["step"] - started_at
-                    left = (total_steps - state["step"]) * (time.time() - t_loop) / max(1, steps_done_now)
-                    if cfg.max_minutes:
-                        left = min(left, cfg.max_minutes * 60 - elapsed)
-                    show(f"epoch {last['epoch']} step {last['step']}/{total_steps} loss {last['loss']:.3f} ppl {last['ppl']:.1f} "
-                         f"lr {last['lr']:.2e} {last['tokens_per_s']} tok/s elapsed {duration(elapsed)}, about {duration(left)} left")
-                log_line(last)
-                acc, t_int = [0.0, 0.0, 0.0], time.time()
-            out_of_time = bool(cfg.max_minutes) and time.time() - t_start > cfg.max_minutes * 60
-            stop, due, progress = _agree([bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time,
-                                          time.time() - t_ckpt > cfg.checkpoint_minutes * 60,
-                                          run_progress(cfg, state["step"], total_steps, time.time() - t_start)], device)
-            if cfg.average_last and progress >= 1 - cfg.average_last and state["step"] % AVERAGE_EVERY == 0:
-                average.add(model)
-            if stop:
-                break
-            if due:
-                state["train_seconds"] = time.time() - t_start
-                checkpoint(-1.0)
-                t_ckpt = time.time()
-        # end of an epoch (or of the run): validate, keep the best, decide on early stopping
-        epoch_done = state["batch"] >= len(batches)
-        if epoch_done:
-            state["epoch"] += 1
-            state["batch"] = 0
-        metrics = validate(model, run, rank, world, device, cfg.batch_tokens)
-        samples = metrics.pop("samples")
-        state["train_seconds"] = time.time() - t_start
-        improved = metrics["valid_bleu"] > state["best_bleu"]
-        if improved:
-            state["best_bleu"], state["bad_epochs"] = metrics["valid_bleu"], 0
-        else:
-            state["bad_epochs"] += 1
-        record = {"kind": "epoch", "epoch": state["epoch"], "step": state["step"], "complete_epoch": epoch_done,
-                  "elapsed_s": round(state["train_seconds"], 1), "train_loss": last.get("loss"), **metrics, "best_bleu": state["best_bleu"]}
-        log_line(record)
-        if rank == 0:
-            where = f"after epoch {state['epoch']}" if epoch_done else f"in epoch {state['epoch'] + 1} (stopped early)"
-            say(f"validation {where} step {state['step']}: loss {metrics['valid_loss']:.3f} "
-                f"ppl {metrics['valid_ppl']:.1f} BLEU {metrics['valid_bleu']:.2f} chrF {metrics['valid_chrf']:.2f}"
-                f"{' (best)' if improved else ''}")
-            for smp in samples:
-                say(f"  {smp['src']!r} -> {smp['hyp']!r} (ref {smp['ref']!r})")
-            _plot(run)
-            publish(run, cfg.run_dir, LOGS)
-        checkpoint(metrics["valid_bleu"], record)
-        t_ckpt = time.time()
-        if cfg.patience and state["bad_epochs"] >= cfg.patience:
-            if rank == 0:
-                say(f"early stop: no better valid BLEU for {cfg.patience} epochs")
+def start_clocks(w: Worker, data: TrainData) -> None:
+    now = time.time()
+    w.t_start, w.t_loop, w.loop_step, w.t_checkpoint = now - w.state["train_seconds"], now, w.state["step"], now
+    w.progress = run_progress(w.cfg, w.state["step"], data.total_steps, w.state["train_seconds"])
+    if w.progress < 1 - w.cfg.average_last:
+        w.average = WeightAverage()  # resumed with a longer bound: the snapshots taken so far are no longer the last ones
+
+
+def train_epoch(w: Worker, data: TrainData) -> tuple[bool, bool]:
+    """Train from the state's batch to the end of its epoch or to a step or time bound -> (epoch finished, stop the run).
+
+    On the way: a progress line every log_every steps, a snapshot for averaging every AVERAGE_EVERY steps
+    near the end, and a mid-epoch checkpoint every checkpoint_minutes.
+    """
+    cfg, state = w.cfg, w.state
+    batches = token_batches(data.src_lens, data.tgt_lens, data.batch_tokens, cfg.seed + state["epoch"], w.world)[w.rank::w.world]
+    acc = [0.0, 0.0, 0.0]  # loss, nll, tokens since the last progress line
+    t_interval, stop = time.time(), False
+    while state["batch"] < len(batches):
+        b = batches[state["batch"]]
+        s, sl = pad_batch([data.src[i] for i in b], PAD_ID)
+        t, _ = pad_batch([data.tgt[i] for i in b], PAD_ID)
+        for group in w.optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, state["step"], w.progress)
+        loss, nll, n = train_step(w.ddp, w.optimizer, s.to(w.device), sl.to(w.device), t.to(w.device), cfg.label_smoothing, cfg.clip_norm,
+                                  w.bf16)
+        state["batch"] += 1
+        state["step"] += 1
+        acc = [acc[0] + loss, acc[1] + nll, acc[2] + n]
+        if state["step"] % cfg.log_every == 0:
+            log_progress(w, data, acc, time.time() - t_interval)
+            acc, t_interval = [0.0, 0.0, 0.0], time.time()
+        out_of_time = bool(cfg.max_minutes) and time.time() - w.t_start > cfg.max_minutes * 60
+        stop, due, w.progress = _agree([bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time,
+                                        time.time() - w.t_checkpoint > cfg.checkpoint_minutes * 60,
+                                        run_progress(cfg, state["step"], data.total_steps, time.time() - w.t_start)], w.device)
+        if cfg.average_last and w.progress >= 1 - cfg.average_last and state["step"] % AVERAGE_EVERY == 0:
+            w.average.add(w.model)
+        if stop:
             break
-    if average.count >= 2:
-        # the average of the last snapshots, validated like an epoch and kept by Ray if it scores best
-        trained = {k: v.clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(average.weights)
-        metrics = validate(model, run, rank, world, device, cfg.batch_tokens)
-        metrics.pop("samples")
-        model.load_state_dict(trained)
-        improved = metrics["valid_bleu"] > state["best_bleu"]
-        state["best_bleu"] = max(state["best_bleu"], metrics["valid_bleu"])
-        record = {"kind": "average", "epoch": state["epoch"], "step": state["step"], "snapshots": average.count,
-                  "elapsed_s": round(time.time() - t_start, 1), **metrics, "best_bleu": state["best_bleu"]}
-        log_line(record)
-        if rank == 0:
-            say(f"average of the last {average.count} snapshots: loss {metrics['valid_loss']:.3f} BLEU {metrics['valid_bleu']:.2f} "
-                f"chrF {metrics['valid_chrf']:.2f}{' (best)' if improved else ''}")
-            publish(run, cfg.run_dir, LOGS)
-        checkpoint(metrics["valid_bleu"], record, weights=average.weights)
-    return {"best_bleu": state["best_bleu"], "epoch": state["epoch"], "step": state["step"], "train_seconds": round(state["train_seconds"], 1)}
+        if due:
+            state["train_seconds"] = time.time() - w.t_start
+            checkpoint(w, -1.0)
+    finished = state["batch"] >= len(batches)
+    if finished:
+        state["epoch"] += 1
+        state["batch"] = 0
+    return finished, bool(stop)
+
+
+def log_progress(w: Worker, data: TrainData, acc: list[float], interval_s: float) -> None:
+    """The progress record (every worker's losses summed) to metrics.jsonl, and rank 0's progress line."""
+    loss_sum, nll_sum, toks = _all_sum(acc, w.device)
+    elapsed = time.time() - w.t_start
+    step = w.state["step"]
+    w.last_train = last = {"kind": "train", "epoch": w.state["epoch"] + 1, "step": step, "loss": round(loss_sum / toks, 4),
+                           "ppl": round(math.exp(min(nll_sum / toks, 50)), 2), "lr": w.optimizer.param_groups[0]["lr"],
+                           "tokens_per_s": round(toks / interval_s), "elapsed_s": round(elapsed, 1)}
+    if w.rank == 0:
+        # time left: the steps still to do at this pace, or the --max-minutes bound, whichever comes first
+        left = (data.total_steps - step) * (time.time() - w.t_loop) / max(1, step - w.loop_step)
+        if w.cfg.max_minutes:
+            left = min(left, w.cfg.max_minutes * 60 - elapsed)
+        w.show(f"epoch {last['epoch']} step {step}/{data.total_steps} loss {last['loss']:.3f} ppl {last['ppl']:.1f} "
+               f"lr {last['lr']:.2e} {last['tokens_per_s']} tok/s elapsed {duration(elapsed)}, about {duration(left)} left")
+    log_line(w, last)
+
+
+def validate_and_keep(w: Worker, record: dict, label: str, weights: dict | None = None) -> None:
+    """Validate the model (or `weights`: the average), record it, tell, and report a checkpoint scored by valid BLEU.
+
+    An epoch's validation also counts towards early stopping; the average's only competes for the best.
+    """
+    trained = None
+    if weights is not None:
+        trained = {k: v.clone() for k, v in w.model.state_dict().items()}
+        w.model.load_state_dict(weights)
+    metrics = validate(w.model, w.run, w.rank, w.world, w.device, w.cfg.batch_tokens)
+    if trained is not None:
+        w.model.load_state_dict(trained)
+    samples = metrics.pop("samples")
+    state = w.state
+    state["train_seconds"] = time.time() - w.t_start
+    improved = metrics["valid_bleu"] > state["best_bleu"]
+    state["best_bleu"] = max(state["best_bleu"], metrics["valid_bleu"])
+    if record["kind"] == "epoch":
+        state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
+    record = {"kind": record["kind"], "epoch": state["epoch"], "step": state["step"], **{k: v for k, v in record.items() if k != "kind"},
+              "elapsed_s": round(state["train_seconds"], 1), **metrics, "best_bleu": state["best_bleu"]}
+    log_line(w, record)
+    if w.rank == 0:
+        w.say(f"{label} step {state['step']}: loss {metrics['valid_loss']:.3f} ppl {metrics['valid_ppl']:.1f} BLEU {metrics['valid_bleu']:.2f} "
+              f"chrF {metrics['valid_chrf']:.2f}{' (best)' if improved else ''}")
+        for smp in samples:
+            w.say(f"  {smp['src']!r} -> {smp['hyp']!r} (ref {smp['ref']!r})")
+        _plot(w.run)
+        publish(w.run, w.cfg.run_dir, LOGS)
+    checkpoint(w, metrics["valid_bleu"], record, weights)
+
+
+def checkpoint(w: Worker, score: float, record: dict | None = None, weights: dict | None = None) -> None:
+    """Report to Ray (every worker: the report is collective); rank 0 hands over the state to keep.
+
+    `weights`, when given, are what the score is for (the average): they are kept as "model", the trained
+    weights as "train_model", which a resumed run continues from."""
+    state = w.state
+    metrics = {"score": score, "step": state["step"], "epoch": state["epoch"],
+               **{k: v for k, v in (record or {}).items() if isinstance(v, (int, float))}}
+    kept = None
+    if w.rank == 0:
+        kept = {"model": weights or w.model.state_dict(), "optimizer": w.optimizer.state_dict(), "average": w.average.state_dict(),
+                "state": dict(state), "model_config": dataclasses.asdict(w.model.cfg), "metrics": record, **rng_state(w.device)}
+        if weights is not None:
+            kept["train_model"] = w.model.state_dict()
+    w.save(metrics, kept)
+    w.t_checkpoint = time.time()
+
+
+def log_line(w: Worker, record: dict) -> None:
+    if w.rank == 0:
+        with open(w.run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def tell(w: Worker, line: str) -> None:
+    if w.rank == 0:
+        w.say(line)
 
 
 # ---------------------------------------------------------------- Ray: the adapter and the driver

@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -35,60 +35,22 @@ from s2s.cluster import init_ray, is_head, node_shapes, work_resources
 from s2s.commit import (JOB_FILE, RUN_FILE, STAGING_DIR, SUCCESS_FILE, commit_unit, final_check, now_utc, open_folder, read_marker, remove_success,
                         verify_parts, write_marker, write_success)
 from s2s.engine import choose_providers, library_versions
-from s2s.inputs import JobError, Plan, as_bytes, plan, read_rows, read_texts, result_names, texts_digest
+from s2s.inputs import JobError, Plan, as_bytes, plan, read_rows, read_texts, texts_digest
 from s2s.lease import LEASE_DIR, Fence, Lease, LeaseHeld, LeaseLost
 from s2s.progress import Progress, relayed, say
 from s2s.quality import QualityCounts, as_references
 from s2s.status import fingerprint, summarize
 from s2s.storage import absolute, filesystem
-from s2s.translator import DecodeConfig
+from s2s.config import TranslateConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = ["JobError", "LeaseHeld", "LeaseLost", "TranslateConfig", "run_translate", "fill_template", "size_actor_pool"]
 
 
-@dataclass(frozen=True)
-class TranslateConfig:
-    input: str  # a Parquet file, a folder of shards, or a glob; local or any pyarrow URI (s3://, gs://)
-    output: str  # folder for the output parts, _run.json and _SUCCESS: local, POSIX or s3://
-    model: str = "models/eng-fra"  # exported model directory
-    text_column: str = "text"
-    id_column: str | None = None  # None: add `row_id` = "<file path within the input>#<row>"
-    allow_duplicate_ids: bool = False  # accept an id column with duplicate or null values
-    reference_column: str | None = None  # references (a string or a list of strings): adds BLEU/chrF to _run.json
-    result_prefix: str = ""  # results go to <prefix>translation, <prefix>score, ... (for inputs that have such columns)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    executor: str = "ray"  # ray: Ray Data actors (a cluster at RAY_ADDRESS, or a local one); local: in this process
-    actors: int = 0  # 0: as many as fit while leaving room for the read and write tasks (see `size_actor_pool`)
-    cpus_per_actor: float = 0.0  # 0: one core's worth, less the half CPU each node keeps for I/O tasks
-    gpus_per_actor: float = 0.0
-    device: str = "auto"  # auto, cpu or cuda (cuda fails at once where it cannot load)
-    variant: str = "auto"  # fp32, int8, or the model's CPU default
-    rows_per_shard: int = 2000  # one unit of work, output part and resume step
-    max_error_rate: float = 0.05  # exit nonzero past this share of rows with an error
-    overwrite: bool = False
-    resume: bool = False
-    lease_seconds: float = 120.0  # the output folder's lease lasts this long without renewal (s2s/lease.py)
-    verbose: bool = False  # also Ray Data's own progress reports and logs (off: one progress line)
-
-    def __post_init__(self) -> None:
-        if self.overwrite and self.resume:
-            raise ValueError("--overwrite and --resume contradict each other; pass one")
-        if self.rows_per_shard < 1 or self.actors < 0 or self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
-            raise ValueError("rows_per_shard >= 1 and actors, cpus_per_actor and gpus_per_actor >= 0 are required")
-        if not 0 <= self.max_error_rate <= 1:
-            raise ValueError(f"max_error_rate must be between 0 and 1, got {self.max_error_rate}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.executor not in ("ray", "local"):
-            raise ValueError(f"executor must be ray or local, got {self.executor!r}")
-        if self.lease_seconds < 2:
-            raise ValueError(f"lease_seconds must be at least 2, got {self.lease_seconds}")
-
-    @property
-    def names(self) -> dict[str, str]:
-        return result_names(self.result_prefix, self.decode.nbest > 1, self.id_column)
+def default_output(input: str) -> str:
+    """outputs/<the input's name>, a glob's `*` read as `all`: where a run writes when no --output is given."""
+    return str(Path("outputs") / Path(input.rstrip("/")).stem.replace("*", "all"))
 
 
 def fill_template(path: str, values: dict[str, str | None]) -> str:

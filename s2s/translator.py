@@ -14,35 +14,12 @@ import numpy as np
 import regex
 import sentencepiece as spm
 
+from s2s.config import DecodeConfig
 from s2s.search import Hypothesis, State, beam_search, greedy_search
 from s2s.tokenizer import BOS_ID, EOS_ID, pad_ids
 
 if TYPE_CHECKING:
     import torch
-
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    beam_size: int = 1  # 1 is greedy
-    length_penalty: float = 1.0  # beams ranked by score / length**length_penalty
-    nbest: int = 1  # hypotheses returned per input (<= beam_size)
-    max_length_a: float = 1.5  # output limit per sentence: a * src_len + b ...
-    max_length_b: int = 10
-    max_decoding_length: int = 256  # ... and never more than this
-    max_batch_tokens: int = 4096  # padded source tokens per sub-batch (rows x longest)
-    max_input_tokens: int = 250  # longer inputs are refused, or truncated if truncate_long_input
-    truncate_long_input: bool = False
-    use_vmap: bool = False  # project onto the vocabulary-map shortlist (onnxruntime; CTranslate2's name)
-
-    def __post_init__(self) -> None:
-        if self.beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
-        if not 1 <= self.nbest <= self.beam_size:
-            raise ValueError(f"nbest must be between 1 and beam_size ({self.beam_size}), got {self.nbest}")
-        if self.max_batch_tokens < self.max_input_tokens + 1:
-            raise ValueError(f"max_batch_tokens ({self.max_batch_tokens}) must exceed max_input_tokens ({self.max_input_tokens})")
-        if self.max_input_tokens < 1 or self.max_decoding_length < 1:
-            raise ValueError("max_input_tokens and max_decoding_length must be >= 1")
 
 
 @dataclass

@@ -40,7 +40,7 @@ def tiny_run(small_corpus, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run") / "tiny"
     settings = dict(run_dir=str(run), data=str(small_corpus), workers=1, batch_tokens=1500, epochs=1, max_steps=30, max_minutes=0,
                     log_every=10, valid_frac=0.1, test_frac=0.1, warmup_steps=10, bf16=False)
-    code = ("from s2s.model import ModelConfig; from s2s.train import TrainConfig, train; "
+    code = ("from s2s.config import ModelConfig, TrainConfig; from s2s.train import train; "
             f"train(TrainConfig(model=ModelConfig(src_vocab_size=500, tgt_vocab_size=500, emb_dim=32, hidden_size=64, dropout=0.0), "
             f"**{settings!r}))")
     subprocess.run([sys.executable, "-c", code], check=True, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
@@ -50,7 +50,8 @@ def tiny_run(small_corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_run, tmp_path_factory) -> Path:
     """The tiny run exported to ONNX, with an int8 variant."""
-    from s2s.export.convert import ExportConfig, export_run
+    from s2s.config import ExportConfig
+    from s2s.export.convert import export_run
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     export_run(tiny_run, out, ExportConfig(quantize="int8"))

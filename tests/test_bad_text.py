@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from s2s.engine import load_translator
-from s2s.translator import DecodeConfig, as_text
+from s2s.config import DecodeConfig
+from s2s.translator import as_text
 
 FAST = DecodeConfig(max_decoding_length=20)
 
@@ -106,7 +107,8 @@ def test_a_long_line_is_refused_before_it_is_tokenized(translator, tiny_model_di
 @given(values=st.lists(st.one_of(st.none(), ANY_TEXT.map(lambda s: s.encode("utf-8", "surrogatepass")), st.binary(max_size=40),
                                  st.sampled_from([b"Hello.", b"\xef\xbb\xbf", "\u200b".encode()])), min_size=1, max_size=80))
 def test_any_bytes_through_the_ray_job_every_row_once(tiny_model_dir, ray_2cpus, tmp_path_factory, values):
-    from s2s.translate import TranslateConfig, run_translate
+    from s2s.config import TranslateConfig
+    from s2s.translate import run_translate
 
     folder = tmp_path_factory.mktemp("prop")
     column = pa.array(values, pa.binary()).view(pa.string())  # a string column whose bytes may not be UTF-8

@@ -54,7 +54,8 @@ def test_the_validator_would_catch_a_broken_config():
     (2, 0, [8.0], True, (1.0, 1)),
 ])
 def test_train_threads_follow_each_workers_reservation(workers, cpus, nodes, use_gpu, expected):
-    from s2s.train import TrainConfig, worker_cpus
+    from s2s.config import TrainConfig
+    from s2s.train import worker_cpus
 
     assert worker_cpus(TrainConfig(workers=workers, cpus=cpus), nodes, use_gpu) == expected
 
@@ -63,7 +64,8 @@ def test_training_sees_the_gpu_node_type_the_autoscaler_can_add(ray_2cpus, tmp_p
     """On a `ray up` cluster the job's driver runs on the head, where the launcher leaves the cluster config
     with each node type's CPU and GPU filled in: a cluster with no GPU node alive still trains on GPUs."""
     from s2s.cluster import node_shapes
-    from s2s.train import TrainConfig, use_gpus, worker_cpus
+    from s2s.config import TrainConfig
+    from s2s.train import use_gpus, worker_cpus
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("RAY_ADDRESS", "auto")

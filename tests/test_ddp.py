@@ -9,7 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from s2s.data import pad_batch
-from s2s.model import ModelConfig, Seq2Seq
+from s2s.config import ModelConfig
+from s2s.model import Seq2Seq
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from s2s.train import train_step
 

@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from s2s.evaluate import load_model
-from s2s.export.convert import ExportConfig, ParityError, export_run
+from s2s.config import ExportConfig
+from s2s.export.convert import ParityError, export_run
 from s2s.engine import ModelDirError, OrtEngine, load_model_dir, load_translator, sha256
 from s2s.export.vmap import build_vmap, shortlist
 from s2s.search import beam_search, greedy_search
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from s2s.translator import DecodeConfig, TorchEngine
+from s2s.config import DecodeConfig
+from s2s.translator import TorchEngine
 from s2s.run_dir import checkpoint_file
 
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from s2s.data import pad_batch
-from s2s.model import ModelConfig, Seq2Seq, sequence_loss, shift_target
+from s2s.config import ModelConfig
+from s2s.model import Seq2Seq, sequence_loss, shift_target
 from s2s.search import greedy_search
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from s2s.train import train_step

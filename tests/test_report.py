@@ -12,7 +12,8 @@ from s2s.commit import REJECTED_DIR, RUN_FILE, STATS_KEY, commit_unit, open_fold
 from s2s.inputs import as_bytes, plan, read_rows, texts_digest
 from s2s.lease import Lease
 from s2s.quality import has_repeated_ngram
-from s2s.translate import TranslateConfig, _summary
+from s2s.config import TranslateConfig
+from s2s.translate import _summary
 
 JOB = {"fingerprint": "fingerprint", "text_column": "text", "id_column": None}
 

@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from s2s.model import ModelConfig, Seq2Seq
+from s2s.config import ModelConfig
+from s2s.model import Seq2Seq
 from s2s.search import beam_search, greedy_search, select_state
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from s2s.translator import TorchEngine

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from s2s.cli import app
 from s2s.engine import load_translator
-from s2s.translator import DecodeConfig
+from s2s.config import DecodeConfig
 
 
 def test_a_text_file_line_for_line_with_empty_and_bad_lines(tiny_model_dir, tiny_run, tmp_path):

@@ -6,8 +6,9 @@ import re
 import pytest
 import torch
 
-from s2s.model import ModelConfig
-from s2s.train import TrainConfig, train
+from s2s.config import ModelConfig
+from s2s.config import TrainConfig
+from s2s.train import train
 from s2s.run_dir import checkpoint_file
 
 

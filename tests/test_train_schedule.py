@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from s2s.model import ModelConfig
-from s2s.train import TrainConfig, WeightAverage, fit, lr_factor, prepare, run_progress
+from s2s.config import ModelConfig
+from s2s.config import TrainConfig
+from s2s.train import WeightAverage, fit, lr_factor, prepare, run_progress
 
 
 def test_a_run_stopped_by_the_clock_ends_annealed_like_one_stopped_by_steps():

@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from s2s.engine import ModelDirError, choose_providers, cuda_available, load_translator
-from s2s.translate import JobError, TranslateConfig, run_translate
-from s2s.translator import DecodeConfig
+from s2s.config import TranslateConfig
+from s2s.translate import JobError, run_translate
+from s2s.config import DecodeConfig
 
 FAST = DecodeConfig(max_decoding_length=30)  # the tiny model rarely says EOS: keep its outputs short
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from s2s.quality import corpus_scores
 from s2s.engine import load_translator
-from s2s.translator import DecodeConfig
+from s2s.config import DecodeConfig
 
 GRID = [(1, 1.0), (4, 0.6), (4, 0.8), (4, 1.0), (4, 1.2), (4, 1.4), (6, 1.0), (8, 1.0)]
 
