@@ -135,6 +135,7 @@ def unpack(parts: Path, site: Path) -> Path:
     site.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(lzma.decompress((parts / REST_PART).read_bytes()))) as tar:
         tar.extractall(site, filter="tar") if sys.version_info >= (3, 12) else tar.extractall(site)
+    (site / CUDA_LIB).parent.mkdir(parents=True, exist_ok=True)
     (site / CUDA_LIB).write_bytes(lzma.decompress((parts / CUDA_PART).read_bytes()))
     (site / CUDA_LIB).chmod(0o755)
     return site

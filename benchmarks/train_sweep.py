@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=11.0, help="target training minutes per point")
     ap.add_argument("--only", default="", help="comma-separated point names (default: all)")
     ap.add_argument("--json", type=Path, help="also write the table here")
+    ap.add_argument("--data", help="the pairs to train on (default: train's own, the bundled Tatoeba copy)")
+    ap.add_argument("--extra", default="", help="more `s2s-job train` flags for every point, e.g. a small model for a smoke run")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n] or list(POINTS)
     cpus = os.cpu_count() or 1
@@ -57,7 +59,8 @@ def main() -> None:
         done = (run / "metrics.jsonl").exists() and last_validation(run)["step"] == steps
         if not done:
             cmd = [S2S_JOB, "train", "--run-dir", str(run), "--max-steps", str(steps), "--warmup-steps", str(max(1, steps // 5)),
-                   "--max-minutes", str(args.minutes * 2), "--patience", "0", *flags]
+                   "--max-minutes", str(args.minutes * 2), "--patience", "0", *flags, *args.extra.split(),
+                   *(["--data", args.data] if args.data else [])]
             print("$", " ".join(cmd), flush=True)
             t0 = time.time()
             with open(args.out / f"{name}.log", "w") as log:

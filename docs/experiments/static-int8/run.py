@@ -29,7 +29,8 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from s2s.quality import corpus_scores
 from s2s.engine import ModelDir, OrtEngine, load_model_dir
 from s2s.tokenizer import load_sentencepiece
-from s2s.translator import DecodeConfig, Translator
+from s2s.config import DecodeConfig
+from s2s.translator import Translator
 
 
 class Feeds(CalibrationDataReader):
@@ -63,6 +64,7 @@ def main() -> None:
     p.add_argument("--run", type=Path, default=Path("runs/eng-fra"))
     p.add_argument("--calib", type=int, default=256, help="valid sentences to calibrate on")
     p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--every", type=int, default=4, help="keep every Nth step's inputs")
     a = p.parse_args()
 
     md = load_model_dir(a.model)
@@ -71,7 +73,7 @@ def main() -> None:
     texts, refs = [r["src"] for r in test], [list(r["refs"]) for r in test]
 
     t0 = time.perf_counter()
-    feeds = record_feeds(md, valid)
+    feeds = record_feeds(md, valid, a.every)
     print(f"recorded {len(feeds)} step inputs from {len(valid)} valid sentences in {time.perf_counter() - t0:.1f} s", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="static-int8-"))
