@@ -13,6 +13,7 @@ peak RSS), limit (FLOPs per token vs the measured matmul rate), padding (share b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -366,7 +367,7 @@ def bench_training(a: argparse.Namespace, work: Path) -> None:
     from s2s.cluster import init_ray
     from s2s.progress import Console, relayed
     from s2s.config import TrainConfig
-    from s2s.train import fit, train_loop_per_worker
+    from s2s.train import fit, train_loop_per_worker, worker_cpus
 
     speeds: dict[str, list[float]] = {"bare": [], "ray": []}
     for i, mode in enumerate(("bare", "ray") * a.train_rounds):  # alternated: this machine's speed drifts 10-20% over minutes
@@ -388,11 +389,14 @@ def bench_training(a: argparse.Namespace, work: Path) -> None:
             fit(cfg, save, say=lambda line: None, show=lambda line: None)
         else:
             init_ray(dashboard=True)  # the local cluster `s2s-job train` starts
+            # the reservation `s2s-job train` makes for one worker with these threads (it once reserved 1 CPU for
+            # 2 threads here, which Ray answers with a lower CPU share for the worker than the product's)
+            per_worker, threads = worker_cpus(dataclasses.replace(cfg, workers=1, cpus=a.threads), [float(a.threads)], False)
             try:
                 with relayed(Console(every=0)) as relay:
-                    result = TorchTrainer(train_loop_per_worker, train_loop_config={"cfg": cfg, "threads": a.threads, "relay": relay},
+                    result = TorchTrainer(train_loop_per_worker, train_loop_config={"cfg": cfg, "threads": threads, "relay": relay},
                                           torch_config=TorchConfig(backend="gloo"),
-                                          scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+                                          scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": per_worker}),
                                           run_config=RunConfig(storage_path=str(run / "ray"), name="bench")).fit()
                 if result.error:
                     raise result.error
