@@ -135,8 +135,10 @@ class TranslateBatch:
         engine = self.translator.translator.engine
         self.provider, self.variant, self.nbest = engine.provider, engine.variant, decode.nbest
         self.node = ray.get_runtime_context().get_node_id()
+        self.gpus = [str(g) for g in ray.get_gpu_ids()]  # the GPUs Ray gave this actor (CUDA_VISIBLE_DEVICES)
         self.say(f"translate actor pid {os.getpid()}: onnxruntime provider {self.provider}, variant {self.variant}"
-                 f"{' with the vocabulary map' if engine.use_vmap else ''}, {threads} thread(s)")
+                 f"{' with the vocabulary map' if engine.use_vmap else ''}, {threads} thread(s)"
+                 f"{f', GPU {chr(44).join(self.gpus)}' if self.gpus else ''}")
 
     def say(self, line: str) -> None:
         """A line for people, through the driver's relay (s2s.progress.Relay), which prints it as is; Ray would
@@ -153,7 +155,7 @@ class TranslateBatch:
         for unit in batch.to_pylist():
             results = self._translate_unit(unit, unit.pop("texts"))
             rows.append({**unit, **results_columns(results, self.nbest > 1), "provider": self.provider, "variant": self.variant,
-                         "node": self.node})
+                         "node": self.node, "gpus": ",".join(self.gpus)})
         return pa.Table.from_pylist(rows)
 
     def _translate_unit(self, unit: dict, texts: list) -> list[Translation]:

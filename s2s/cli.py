@@ -102,6 +102,7 @@ def export(
     parity_sentences: Annotated[int, typer.Option(help="Held-out sentences the parity gate decodes.")] = EXPORT.parity_sentences,
     tolerance: Annotated[float, typer.Option(help="Max |delta log-prob| per step between PyTorch and onnxruntime; twice PyTorch's own difference between batch sizes where that is larger.")] = EXPORT.tolerance,
     vmap: Annotated[bool, typer.Option(help="Also export a vocabulary map for shortlist decoding (translate --use-vmap).")] = EXPORT.vmap,
+    fp16: Annotated[bool, typer.Option(help="Also export an fp16 variant, the GPU default where it passes its gate.")] = EXPORT.fp16,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model directory.")] = EXPORT.overwrite,
 ) -> None:
     """Export a run's checkpoint to ONNX (encoder + single-step decoder), behind a parity gate."""
@@ -109,7 +110,7 @@ def export(
 
     try:
         cfg = ExportConfig(exporter=exporter, checkpoint=checkpoint, parity_sentences=parity_sentences, tolerance=tolerance,
-                           quantize=quantize, vmap=vmap, overwrite=overwrite)
+                           quantize=quantize, vmap=vmap, fp16=fp16, overwrite=overwrite)
         manifest = export_run(run_dir, out, cfg)
     except ParityError as e:
         _fail(str(e), code=1)
@@ -125,6 +126,12 @@ def export(
                    f"greedy {g8['greedy']}; beam {g8['beam4']})")
     elif "int8_rejected" in manifest:
         typer.echo("int8 variant: left out, it failed its parity gate (the manifest's int8_rejected says where); fp32 only", err=True)
+    if "fp16" in manifest["variants"]:
+        g16 = manifest["variants"]["fp16"]["parity"]
+        typer.echo(f"fp16 variant: parity passed on {g16['provider']} (mean |delta log-prob| {g16['mean_abs_logprob_diff']:.4f} of "
+                   f"{g16['mean_tolerance']} allowed; greedy {g16['greedy']}; beam {g16['beam4']}); GPU default variant {manifest['default_gpu_variant']}")
+    elif "fp16_rejected" in manifest:
+        typer.echo("fp16 variant: left out, it failed its parity gate (the manifest's fp16_rejected says where); GPUs run fp32", err=True)
 
 
 @app.command()
@@ -152,9 +159,9 @@ def translate(
                                                "process, without Ray (small inputs).")] = TRANSLATE.executor,
     actors: Annotated[int, typer.Option(help="Translate actors (0: as many as fit, leaving room for I/O tasks).")] = TRANSLATE.actors,
     cpus_per_actor: Annotated[float, typer.Option(help="CPUs per actor, also its onnxruntime threads (0: one 1-thread actor per core, less half a CPU per node for I/O).")] = TRANSLATE.cpus_per_actor,
-    gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor.")] = TRANSLATE.gpus_per_actor,
+    gpus_per_actor: Annotated[Optional[float], typer.Option(help="GPUs per actor (default: half or all of a GPU where the cluster has or can add GPU nodes, else none; 0: CPUs only).", show_default=False)] = TRANSLATE.gpus_per_actor,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (cuda fails at once if it cannot load).")] = TRANSLATE.device,
-    variant: Annotated[str, typer.Option(help="Model variant: fp32, int8, or auto (the model's CPU default).")] = TRANSLATE.variant,
+    variant: Annotated[str, typer.Option(help="Model variant: fp32, int8, fp16, or auto (the model's default for the provider that loads: its CPU default on CPUs, its GPU default on CUDA).")] = TRANSLATE.variant,
     rows_per_shard: Annotated[int, typer.Option(help="Rows per unit of work and output part.")] = TRANSLATE.rows_per_shard,
     date: Annotated[Optional[str], typer.Option(help="Fills {date} in the input and output paths (e.g. 2026-11-21).")] = None,
     partition: Annotated[Optional[str], typer.Option(help="Fills {partition} in the input and output paths.")] = None,

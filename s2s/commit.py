@@ -289,7 +289,7 @@ def commit_unit(folder: LocalFolder | S3Folder, unit: dict, results: dict[str, l
         if key != "row_id":
             rows = rows.append_column(column, pa.array(results[key], RESULT_TYPES[key]))
     stats = {"unit": unit_key(unit), "fingerprint": job["fingerprint"], "epoch": folder.fence.epoch, "provider": unit["provider"],
-             "variant": unit["variant"], "node": unit["node"], **part_counts(rows, job["text_column"], names),
+             "variant": unit["variant"], "node": unit["node"], "gpus": unit.get("gpus", ""), **part_counts(rows, job["text_column"], names),
              "repaired_utf8_cells": repaired}
     meta = publish_part(folder, unit["name"], part_bytes(rows, stats), stats)
     return {"name": unit["name"], "stats": stats, "meta": meta}

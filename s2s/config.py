@@ -111,6 +111,14 @@ class ExportConfig:
     int8_mean_tolerance: float = 0.1
     int8_tolerance: float = 0.25
     int8_max_divergent: float = 0.05
+    # an fp16 variant for GPUs (float32 inputs and outputs, so the search is unchanged), behind its own gate with
+    # the int8 gate's kind of tolerances; run where it is exported on the CUDA provider if one loads, else on the
+    # CPU provider, which computes its half-precision weights in float32 (the GPU's own arithmetic is checked
+    # where it runs, by benchmarks/gpu_check.py's parity step)
+    fp16: bool = True
+    fp16_mean_tolerance: float = 0.05
+    fp16_tolerance: float = 0.25
+    fp16_max_divergent: float = 0.05
     vmap: bool = True  # also export a vocabulary map (s2s/export/vmap.py) and the step graph without its projection
     vmap_per_source: int = 20  # target tokens kept per source token
     vmap_frequent: int = 1000  # most frequent target tokens, always kept
@@ -169,7 +177,7 @@ class TranslateConfig:
     executor: str = "ray"  # ray: Ray Data actors (a cluster at RAY_ADDRESS, or a local one); local: in this process
     actors: int = 0  # 0: as many as fit while leaving room for the read and write tasks (see `size_actor_pool`)
     cpus_per_actor: float = 0.0  # 0: one core's worth, less the half CPU each node keeps for I/O tasks
-    gpus_per_actor: float = 0.0
+    gpus_per_actor: float | None = None  # None: a share of a GPU where the cluster has or can add GPU nodes, else 0 (s2s/placement.py)
     device: str = "auto"  # auto, cpu or cuda (cuda fails at once where it cannot load)
     variant: str = "auto"  # fp32, int8, or the model's CPU default
     rows_per_shard: int = 2000  # one unit of work, output part and resume step
@@ -182,7 +190,7 @@ class TranslateConfig:
     def __post_init__(self) -> None:
         if self.overwrite and self.resume:
             raise ValueError("--overwrite and --resume contradict each other; pass one")
-        if self.rows_per_shard < 1 or self.actors < 0 or self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
+        if self.rows_per_shard < 1 or self.actors < 0 or self.cpus_per_actor < 0 or (self.gpus_per_actor or 0) < 0:
             raise ValueError("rows_per_shard >= 1 and actors, cpus_per_actor and gpus_per_actor >= 0 are required")
         if not 0 <= self.max_error_rate <= 1:
             raise ValueError(f"max_error_rate must be between 0 and 1, got {self.max_error_rate}")

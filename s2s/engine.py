@@ -177,6 +177,21 @@ def choose_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def variant_for(manifest: dict, asked: str, provider: str, where: Path | str = "the model") -> str:
+    """The variant to run on `provider`: the one asked for, or for 'auto' that provider's default.
+
+    The default follows the provider that loads, not the device asked for: on the CPU provider the CPU
+    default (int8, whose integer kernels are CPU-only); on CUDA the GPU default where the export made one,
+    else fp32, since dynamic int8 has no CUDA kernels and would run on the host between copies.
+    """
+    if asked == "auto":
+        key = "default_gpu_variant" if provider == "CUDAExecutionProvider" else "default_cpu_variant"
+        asked = manifest.get(key) or "fp32"
+    if asked not in manifest["variants"]:
+        raise ModelDirError(f"{where}: no variant {asked!r}; it has {sorted(manifest['variants'])}")
+    return asked
+
+
 class OrtEngine:
     """Encoder + single-step decoder sessions as the step function the shared search runs on.
 
@@ -194,23 +209,26 @@ class OrtEngine:
         import onnxruntime as ort
 
         m = model_dir.manifest
-        if variant == "auto":
-            variant = m.get("default_cpu_variant", "fp32") if device != "cuda" else "fp32"
-        if variant not in m["variants"]:
-            raise ModelDirError(f"{model_dir.path}: no variant {variant!r}; it has {sorted(m['variants'])}")
-        files = m["variants"][variant]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         providers = choose_providers(device)
+        chosen = variant_for(m, variant, providers[0], model_dir.path)
+        files = m["variants"][chosen]
         self.encoder = ort.InferenceSession(str(model_dir.file(files["encoder"])), opts, providers=providers)
         self.decoder = ort.InferenceSession(str(model_dir.file(files["decoder_step"])), opts, providers=providers)
         self.provider = self.decoder.get_providers()[0]
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
             raise DeviceError(f"--device cuda: the CUDA provider did not load (running {self.provider}); check the CUDA/cuDNN libraries")
-        self.variant = variant
+        if variant_for(m, variant, self.provider, model_dir.path) != chosen:
+            # the CUDA provider was expected but the CPU one loaded: its own default variant, on it alone
+            chosen = variant_for(m, variant, self.provider, model_dir.path)
+            files, providers = m["variants"][chosen], [self.provider]
+            self.encoder = ort.InferenceSession(str(model_dir.file(files["encoder"])), opts, providers=providers)
+            self.decoder = ort.InferenceSession(str(model_dir.file(files["decoder_step"])), opts, providers=providers)
+        self.variant = variant = chosen
         self.use_vmap = use_vmap
         if use_vmap:
             if "vmap" not in m or "decoder_state" not in files:

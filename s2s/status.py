@@ -80,6 +80,8 @@ def summarize(parts: dict[str, dict], fresh: set[str], units: list[dict], comple
         "sentences_per_s": round(rows_now / wall, 2) if wall else 0.0, "tokens_per_s": round(tokens_now / wall, 2) if wall else 0.0,
         "providers": sorted({s["provider"] for s in now}), "variants": sorted({s.get("variant", "") for s in now} - {""}),
         "nodes": sorted({s["node"] for s in now}),
+        # which engine wrote each part of this run: provider, variant, node and GPUs (Ray's ids; "" on CPUs)
+        "part_engines": {n: {k: parts[n].get(k, "") for k in ("provider", "variant", "node", "gpus")} for n in sorted(fresh) if n in parts},
         "quality": quality.signals(),
     }
 

@@ -31,12 +31,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from s2s.actor import TranslateBatch, results_columns, translate_here
-from s2s.cluster import init_ray, is_head, node_shapes, work_resources
+from s2s.cluster import init_ray, node_shapes, work_resources
 from s2s.commit import (JOB_FILE, RUN_FILE, STAGING_DIR, SUCCESS_FILE, commit_unit, final_check, now_utc, open_folder, read_marker, remove_success,
                         verify_parts, write_marker, write_success)
 from s2s.engine import choose_providers, library_versions
 from s2s.inputs import JobError, Plan, as_bytes, plan, read_rows, read_texts, texts_digest
 from s2s.lease import LEASE_DIR, Fence, Lease, LeaseHeld, LeaseLost
+from s2s.placement import IO_TASK_CPUS, place_actors
 from s2s.progress import Progress, relayed, say
 from s2s.quality import QualityCounts, as_references
 from s2s.status import fingerprint, summarize
@@ -45,7 +46,7 @@ from s2s.config import TranslateConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobError", "LeaseHeld", "LeaseLost", "TranslateConfig", "run_translate", "fill_template", "size_actor_pool"]
+__all__ = ["JobError", "LeaseHeld", "LeaseLost", "TranslateConfig", "run_translate", "fill_template"]
 
 
 def default_output(input: str) -> str:
@@ -257,28 +258,6 @@ def _translate_here(cfg: TranslateConfig, todo: list[dict], folder, job: dict, l
         phases["translate_s"] = time.time() - t_data
 
 
-IO_RESERVE = 0.5  # CPUs each node keeps free for the read and commit tasks
-IO_TASK_CPUS = 0.25  # what one read or commit task asks for: they mostly wait on storage
-
-
-def size_actor_pool(cfg: TranslateConfig, node_cpus: list[float], node_gpus: list[float]) -> tuple[int, float, int]:
-    """(actors, CPUs per actor, onnxruntime threads per actor) for a cluster with these nodes.
-
-    An actor pool that takes every CPU starves the read and commit tasks and the job hangs, so each node
-    keeps IO_RESERVE CPUs back. By default the rest goes to one-thread actors, one per core: measured on
-    2 cores, two 1-thread processes translate 1.4x faster than one process with 2 threads (the search's
-    numpy work and small matrices do not split across threads well). Hence 0.75 CPU each on a 2-core node.
-    """
-    if cfg.gpus_per_actor:
-        per_cpu = cfg.cpus_per_actor or 1.0
-        fit = sum(int(g // cfg.gpus_per_actor) for g in node_gpus)
-        return cfg.actors or max(1, fit), per_cpu, max(1, int(per_cpu))
-    largest = max(node_cpus, default=1.0)
-    per_cpu = cfg.cpus_per_actor or max(0.25, 1.0 - IO_RESERVE / largest)
-    fit = sum(int((c - IO_RESERVE) / per_cpu + 1e-9) for c in node_cpus if c > IO_RESERVE)
-    return cfg.actors or max(1, fit), per_cpu, max(1, int(per_cpu + 1e-9) if cfg.cpus_per_actor else 1)
-
-
 def _ray_row(unit: dict) -> dict:
     """A unit as a Ray Data row: its pin as JSON, since pins differ in fields from one storage to another."""
     return {**unit, "pin": json.dumps(unit["pin"], sort_keys=True)}
@@ -319,25 +298,13 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], folder, job: dict,
     phases["ray_start_s"] = time.time() - t0 - phases["prepare_s"]
     nodes, addable = node_shapes()
     placed = work_resources(nodes)  # where the head marks itself, actors go to worker nodes only
-    # Size the pool for the worker nodes alive; a cluster that starts with none sizes it for one node the
-    # autoscaler can add (or, where its config is not published, for 1-CPU actors) and waits for that node.
-    hosts = [n for n in nodes if not is_head(n)] or [n for n in addable if not is_head(n)][:1]
-    actors, cpus_per_actor, threads = size_actor_pool(cfg, [n.get("CPU", 0.0) for n in hosts], [n.get("GPU", 0.0) for n in hosts])
-    actors = min(actors, len(todo))
-    # On a cluster the pool grows while units queue, as far as there are units: each actor Ray cannot place yet
-    # is demand the cluster's autoscaler answers with a node, and idle actors go, so idle nodes can go too.
-    # A local run keeps the measured fixed pool: there is no node to add. Its ceiling is what the worker nodes
-    # the autoscaler may run can hold, where their types are known.
-    most = len(todo) if started != "local cluster" and not cfg.actors else actors
-    ceiling = [n for n in addable if not is_head(n)]
-    if most > actors and ceiling:
-        most = max(actors, min(most, size_actor_pool(cfg, [n.get("CPU", 0.0) for n in ceiling], [n.get("GPU", 0.0) for n in ceiling])[0]))
-    pool = ray.data.ActorPoolStrategy(size=actors) if most <= actors else ray.data.ActorPoolStrategy(min_size=actors, max_size=most)
-    say(f"Ray: {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs on {len(nodes)} node(s)"
-        f"{'; the head takes no actors' if placed else ''}; {actors} translate actor(s)"
-        f"{f' (up to {most} as the cluster scales)' if most > actors else ''} x "
-        f"{cpus_per_actor:.3g} CPU{f' + {cfg.gpus_per_actor:g} GPU' if cfg.gpus_per_actor else ''}, "
-        f"{threads} onnxruntime thread(s) each")
+    # A local run keeps the measured fixed pool: there is no node to add.
+    p = place_actors(cfg, nodes, addable, len(todo), fixed=started == "local cluster")
+    pool = ray.data.ActorPoolStrategy(size=p.actors) if p.most <= p.actors else ray.data.ActorPoolStrategy(min_size=p.actors, max_size=p.most)
+    say(f"Ray: {sum(n.get('CPU', 0.0) for n in nodes):g} CPUs{f', {g:g} GPUs' if (g := sum(n.get('GPU', 0.0) for n in nodes)) else ''} "
+        f"on {len(nodes)} node(s){'; the head takes no actors' if placed else ''}; {p.actors} translate actor(s)"
+        f"{f' (up to {p.most} as the cluster scales)' if p.most > p.actors else ''} x "
+        f"{p.cpus:.3g} CPU{f' + {p.gpus:g} GPU' if p.gpus else ''}, {p.threads} onnxruntime thread(s) each")
     t_data = time.time()
     progress = Progress(sum(u["stop"] - u["start"] for u in todo), "rows")
     rows = errors = committed = 0
@@ -350,11 +317,12 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], folder, job: dict,
             ds = ds.map_batches(read_texts_task, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
                                 fn_kwargs={"text_column": cfg.text_column})
             # A dead actor is replaced and its unit retried: Ray Data's default for actor pools (tests/test_translate_faults.py).
-            ds = ds.map_batches(TranslateBatch, batch_size=None, batch_format="pyarrow", compute=pool,
-                                num_cpus=cpus_per_actor, num_gpus=cfg.gpus_per_actor or None, resources=placed or None,
+            # one unit per call (a block holds one): the batch size Ray Data requires of actors that ask for GPUs
+            ds = ds.map_batches(TranslateBatch, batch_size=1, batch_format="pyarrow", compute=pool,
+                                num_cpus=p.cpus, num_gpus=p.gpus or None, resources=placed or None,
                                 fn_constructor_kwargs={"model": absolute(cfg.model), "attempts": folder.attempts_template,
-                                                       "decode": cfg.decode, "variant": cfg.variant, "device": cfg.device,
-                                                       "threads": threads, "relay": relay,
+                                                       "decode": cfg.decode, "variant": cfg.variant, "device": p.device,
+                                                       "threads": p.threads, "relay": relay,
                                                        "poison_limit": poison_limit(cfg, todo)})
             ds = ds.map_batches(commit_task, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
                                 fn_kwargs={"output": folder.output, "fence": fence, "job": commit_job})

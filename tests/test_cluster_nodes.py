@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -121,6 +122,42 @@ def test_train_on_two_nodes_with_its_run_on_s3_resumes_exports_to_s3_and_transla
         with s3.open_input_stream("life/out/_run.json") as f:
             assert json.loads(f.read())["status"] == "complete"
         assert pq.read_table("life/out", filesystem=s3).num_rows == 60
+    finally:
+        cluster.shutdown()
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def test_default_flags_translate_on_the_gpu_nodes_of_a_mixed_cluster(tiny_model_dir, corpus_300, tmp_path):
+    """A head, a CPU worker and two GPU workers (declared: Ray schedules by declared resources and gives each
+    GPU actor its CUDA_VISIBLE_DEVICES). With default flags every part is translated on a GPU node, by an actor
+    Ray gave a GPU, on the CUDA provider with the GPU default variant; the CPU worker gets no actor. The CUDA
+    provider is faked from the test side (tests/faults: fake_cuda), since there is no GPU here."""
+    from ray.cluster_utils import Cluster
+
+    faults = str(Path(__file__).parent / "faults")
+    fault_env = {"PYTHONPATH": os.pathsep.join(p for p in (faults, os.environ.get("PYTHONPATH")) if p), "S2S_TEST_FAULT": "fake_cuda"}
+    saved = {k: os.environ.get(k) for k in fault_env}
+    os.environ.update(fault_env)  # the raylets, and so every worker, start with the fault
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "resources": {"s2s_head": 1}})
+    try:
+        cpu_node = cluster.add_node(num_cpus=2, resources={"s2s_worker": 1})
+        gpu_nodes = [cluster.add_node(num_cpus=2, num_gpus=1, resources={"s2s_worker": 1}) for _ in range(2)]
+        cluster.wait_for_nodes()
+        out = tmp_path / "out"
+        done = subprocess.run([sys.executable, "-m", "s2s.cli", "translate", str(corpus_300), "--output", str(out), "--model",
+                               str(tiny_model_dir), "--rows-per-shard", "50", "--max-decoding-length", "20", "--beam-size", "1"],
+                              env={**os.environ, "RAY_ADDRESS": cluster.address}, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "7 CPUs, 2 GPUs on 4 node(s); the head takes no actors; 2 translate actor(s)" in done.stderr, done.stderr[-2000:]
+        assert "x 1 CPU + 1 GPU" in done.stderr
+        run = json.loads((out / "_run.json").read_text())
+        assert run["status"] == "complete" and run["rows"] == 300
+        engines = run["part_engines"]
+        assert len(engines) == 6
+        assert {e["node"] for e in engines.values()} <= {n.node_id for n in gpu_nodes} and cpu_node.node_id not in run["nodes"]
+        assert all(e["provider"] == "CUDAExecutionProvider" and e["variant"] == "fp16" and e["gpus"] for e in engines.values())
+        assert sorted(pq.read_table(out).column("keep").to_pylist()) == list(range(300))
     finally:
         cluster.shutdown()
         for k, v in saved.items():

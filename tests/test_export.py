@@ -70,6 +70,45 @@ def test_manifest_records_what_a_user_needs(model_dir):
     assert m["training"]["metrics"]["valid_bleu"] is not None
     fp32, int8 = m["variants"]["fp32"]["valid_bleu"], m["variants"]["int8"]["valid_bleu"]
     assert m["default_cpu_variant"] == ("int8" if fp32 - int8 <= 0.5 else "fp32")
+    assert m["default_gpu_variant"] == "fp16" and m["variants"]["fp16"]["parity"]["passed"]
+    sizes = {name: v["bytes"] for name, v in m["variants"].items()}
+    assert sizes["int8"] < sizes["fp16"] < sizes["fp32"], sizes
+
+
+def test_fp16_variant_holds_half_precision_weights_behind_float32_inputs_and_outputs(model_dir):
+    import onnx
+
+    m = json.loads((model_dir / "manifest.json").read_text())
+    fp32, fp16 = (onnx.load(model_dir / m["variants"][v]["decoder_step"]) for v in ("fp32", "fp16"))
+    assert [(i.name, i.type.tensor_type.elem_type) for i in fp16.graph.input] == [(i.name, i.type.tensor_type.elem_type) for i in fp32.graph.input]
+    assert {o.type.tensor_type.elem_type for o in fp16.graph.output} == {onnx.TensorProto.FLOAT}
+    weights = {i.name: i.data_type for i in fp16.graph.initializer}
+    assert weights["model.generator.weight"] == onnx.TensorProto.FLOAT16
+    # the search is the same code on it: a few sentences decode as with fp32
+    texts = ["I like cats.", "Where is the station?", "Thank you very much."]
+    a = load_translator(model_dir, variant="fp32").translate(texts)
+    b = load_translator(model_dir, variant="fp16").translate(texts)
+    assert [t.translation for t in a] == [t.translation for t in b]
+
+
+def test_fp16_gate_leaves_out_an_fp16_graph_with_one_weight_off(tiny_run, tmp_path, monkeypatch):
+    """Converting a step graph whose output projection is 20% off leaves fp16 out, and GPUs fall back to fp32."""
+    import onnxruntime.transformers.float16 as float16
+    from onnx import numpy_helper
+
+    real_convert = float16.convert_float_to_float16
+
+    def convert_a_wrong_graph(model, **kwargs):
+        converted = real_convert(model, **kwargs)
+        for weight in converted.graph.initializer:
+            if weight.name == "model.generator.weight":
+                weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.2, weight.name))
+        return converted
+
+    monkeypatch.setattr(float16, "convert_float_to_float16", convert_a_wrong_graph)
+    m = export_run(tiny_run, tmp_path / "m", ExportConfig(parity_sentences=20, vmap=False))
+    assert list(m["variants"]) == ["fp32"] and m["default_gpu_variant"] == "fp32" and not m["fp16_rejected"]["passed"]
+    assert not list((tmp_path / "m").glob("*.fp16.onnx"))
 
 
 def test_translator_over_the_model_dir(model_dir):
@@ -186,7 +225,7 @@ def test_int8_gate_leaves_out_an_int8_graph_with_one_weight_off(tiny_run, tmp_pa
         return real_quantize(model_input, model_output, **kwargs)
 
     monkeypatch.setattr(quantization, "quantize_dynamic", quantize_a_wrong_graph)
-    m = export_run(tiny_run, tmp_path / "m", ExportConfig(parity_sentences=20, quantize="int8", vmap=False))
+    m = export_run(tiny_run, tmp_path / "m", ExportConfig(parity_sentences=20, quantize="int8", vmap=False, fp16=False))
     assert list(m["variants"]) == ["fp32"] and m["default_cpu_variant"] == "fp32" and not m["int8_rejected"]["passed"]
     assert not list((tmp_path / "m").glob("*.int8.onnx")) and m["parity"]["passed"]
 

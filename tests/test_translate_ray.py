@@ -113,7 +113,7 @@ def test_device_cuda_fails_at_once_where_cuda_cannot_load(tiny_model_dir):
     ([1.0], 0.0, (1, 0.5, 1)),
 ])
 def test_actor_pool_always_leaves_room_for_io(nodes, cpus_per_actor, expected):
-    from s2s.translate import IO_RESERVE, IO_TASK_CPUS, size_actor_pool
+    from s2s.placement import IO_RESERVE, IO_TASK_CPUS, size_actor_pool
 
     cfg = TranslateConfig(input="x", output="y", cpus_per_actor=cpus_per_actor)
     actors, per, threads = size_actor_pool(cfg, nodes, [0.0] * len(nodes))
@@ -124,11 +124,53 @@ def test_actor_pool_always_leaves_room_for_io(nodes, cpus_per_actor, expected):
         assert c - on_node * per >= 2 * IO_TASK_CPUS
 
 
-def test_gpu_actor_pool_counts_gpus():
-    from s2s.translate import size_actor_pool
+def test_gpu_actor_pool_counts_gpus_and_the_cpus_that_feed_them():
+    from s2s.placement import size_actor_pool
 
-    cfg = TranslateConfig(input="x", output="y", gpus_per_actor=0.5)
-    assert size_actor_pool(cfg, [8.0, 8.0], [1.0, 1.0]) == (4, 1.0, 1)
+    cfg = TranslateConfig(input="x", output="y")
+    assert size_actor_pool(cfg, [8.0, 8.0], [1.0, 1.0], gpus=0.5) == (4, 1.0, 1)
+    assert size_actor_pool(cfg, [2.0], [4.0], gpus=0.5) == (1, 1.0, 1)  # 8 GPU slots, CPUs for one actor
+
+
+def _node(cpus, gpus=0.0, head=False):
+    return {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **({"s2s_head": 1.0} if head else {})}
+
+
+def test_gpus_are_used_by_default_where_the_cluster_has_or_can_add_them():
+    from s2s.placement import place_actors
+
+    cfg = TranslateConfig(input="x", output="y")
+    # ray_cluster.yaml's shape: a CPU head, CPU workers and A10G workers (4 vCPUs, 1 GPU) the autoscaler adds
+    head, cpu_worker, gpu_worker = _node(8, head=True), _node(8), _node(4, 1)
+    p = place_actors(cfg, [head, cpu_worker], [cpu_worker] * 2 + [gpu_worker] * 3, units=100, fixed=False)
+    assert (p.gpus, p.device, p.actors, p.most) == (0.5, "auto", 2, 6)  # sized for one GPU node until one exists, up to 3
+    # GPU nodes alive: sized for those, never the CPU node beside them
+    p = place_actors(cfg, [head, cpu_worker, gpu_worker, gpu_worker], [], units=100, fixed=False)
+    assert (p.gpus, p.actors, p.cpus) == (0.5, 4, 1.0)
+    # a GPU node with one CPU to spare feeds one actor per GPU
+    p = place_actors(cfg, [_node(1.5, 1)], [], units=100, fixed=True)
+    assert (p.gpus, p.actors) == (1.0, 1)
+    # a CPU-only cluster is as before; --device cpu keeps a GPU cluster on CPUs; both tell the actors "cpu"
+    for nodes, device in (([head, cpu_worker], "auto"), ([gpu_worker], "cpu")):
+        p = place_actors(TranslateConfig(input="x", output="y", device=device), nodes, [], units=100, fixed=True)
+        assert (p.gpus, p.device) == (0.0, "cpu")
+    # --gpus-per-actor 0: CPUs only, whatever the cluster has
+    p = place_actors(TranslateConfig(input="x", output="y", gpus_per_actor=0), [gpu_worker], [], units=100, fixed=True)
+    assert (p.gpus, p.device) == (0.0, "cpu")
+
+
+def test_cuda_is_never_asked_of_an_actor_without_a_gpu():
+    from s2s.inputs import JobError
+    from s2s.placement import place_actors
+
+    with pytest.raises(JobError, match="--device cuda: no node of this cluster has a GPU"):
+        place_actors(TranslateConfig(input="x", output="y", device="cuda"), [_node(8)], [_node(8)], units=10, fixed=False)
+    with pytest.raises(JobError, match="--gpus-per-actor 0 asks Ray for actors without a GPU"):
+        place_actors(TranslateConfig(input="x", output="y", device="cuda", gpus_per_actor=0), [_node(4, 1)], [], units=10, fixed=True)
+    with pytest.raises(JobError, match="--gpus-per-actor 2: no node of this cluster has that many GPUs"):
+        place_actors(TranslateConfig(input="x", output="y", gpus_per_actor=2), [_node(4, 1)], [], units=10, fixed=True)
+    p = place_actors(TranslateConfig(input="x", output="y", device="cuda"), [_node(4, 1)], [], units=10, fixed=True)
+    assert (p.gpus, p.device) == (0.5, "cuda")
 
 
 def _partition(texts, docs, path):
@@ -201,3 +243,42 @@ def test_wide_rows_partitions_and_bad_bytes_every_row_once(tiny_model_dir, tiny_
     a_parts = [p for p in kept if json.loads(pq.read_schema(out / p).metadata[b"s2s_stats"])["unit"]["label"].startswith("part=a")]
     assert len(a_parts) == 2 and all((out / p).stat().st_ino == kept[p] for p in a_parts)  # part=a's parts were not redone
     assert len(os.listdir(out / "_rejected")) == 2  # part=b's old parts, kept for inspection
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_nodes = st.lists(st.builds(_node, st.sampled_from([1.0, 2.0, 4.0, 8.0, 48.0]), st.sampled_from([0.0, 0.0, 1.0, 4.0, 8.0]),
+                            st.booleans()), max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(alive=_nodes, addable=_nodes, units=st.integers(1, 500), fixed=st.booleans(),
+       device=st.sampled_from(["auto", "cpu", "cuda"]), gpus=st.sampled_from([None, None, 0.0, 0.25, 1.0]))
+def test_placement_on_any_cluster(alive, addable, units, fixed, device, gpus):
+    """Whatever the cluster: GPU actors only where some worker node has or can add a GPU, told cuda only then;
+    the pool fits the nodes it was sized for (GPU slots and CPUs, less the I/O reserve); --device cuda with no
+    GPU anywhere is refused up front rather than sent to actors that cannot have one."""
+    from s2s.inputs import JobError
+    from s2s.placement import IO_RESERVE, place_actors
+
+    cfg = TranslateConfig(input="x", output="y", device=device, gpus_per_actor=gpus)
+    workers = [n for n in alive + addable if "s2s_head" not in n]
+    try:
+        p = place_actors(cfg, alive, addable, units, fixed)
+    except JobError as e:
+        fits = any(n.get("GPU", 0) >= (gpus or 1e-9) for n in workers)
+        assert (device == "cuda" and (gpus == 0 or not fits)) or (gpus and not fits) or (device == "cpu" and gpus), str(e)
+        return
+    assert 1 <= p.actors <= p.most <= max(units, 1) and (p.most == p.actors or not fixed)
+    assert (p.device == "cpu") == (p.gpus == 0)
+    if p.gpus:
+        assert device != "cpu"
+        hosts = [n for n in workers if n.get("GPU", 0) >= p.gpus]
+        assert hosts
+        if device == "auto" and gpus is None:
+            assert p.gpus in (0.5, 1.0)
+    else:
+        assert gpus == 0 or device == "cpu" or not any(n.get("GPU", 0) for n in workers)
+    on_alive = [n for n in alive if "s2s_head" not in n and n.get("GPU", 0) >= p.gpus]
+    if on_alive and not cfg.actors:  # sized for the nodes alive: each fits its share with the I/O reserve kept
+        per_node = [min(int(n["GPU"] / p.gpus + 1e-9), max(1, int((n["CPU"] - IO_RESERVE) / p.cpus + 1e-9))) if p.gpus
+                    else int((n["CPU"] - IO_RESERVE) / p.cpus + 1e-9) for n in on_alive]
+        assert p.actors <= max(1, sum(per_node))

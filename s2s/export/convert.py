@@ -118,6 +118,8 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
         validate(loaded, tmp, manifest, cfg)
         if cfg.quantize == "int8":
             quantize(loaded, tmp, manifest, cfg)
+        if cfg.fp16:
+            half(loaded, tmp, manifest, cfg)
         score(loaded, tmp, manifest, cfg)
         save(tmp, out, manifest)
         return manifest
@@ -214,25 +216,51 @@ def quantize(loaded: Loaded, tmp: Path, manifest: dict, cfg: ExportConfig) -> No
 
     for spec in _graphs(manifest):
         quantize_dynamic(tmp / spec.file, tmp / spec.file.replace(".onnx", ".int8.onnx"), weight_type=QuantType.QInt8)
-    manifest["variants"]["int8"] = {key: f.replace(".onnx", ".int8.onnx") for key, f in manifest["variants"]["fp32"].items()}
-    int8 = OrtEngine(ModelDir(tmp, manifest), "int8", "cpu", threads=usable_cpus())
-    gate8 = parity_gate(TorchEngine(loaded.model), int8, loaded.sources, cfg.batch_sizes, cfg.beam_size, cfg.int8_tolerance,
-                        mean_tolerance=cfg.int8_mean_tolerance, max_divergent=cfg.int8_max_divergent)
-    manifest["variants"]["int8"]["parity"] = gate8
-    if not gate8["passed"]:
-        manifest["variants"].pop("int8")
-        for spec in _graphs(manifest):
-            (tmp / spec.file.replace(".onnx", ".int8.onnx")).unlink()
-        manifest["int8_rejected"] = gate8
-        log.warning("the int8 variant failed its parity gate and is left out (mean |delta log-prob| %.3f, tolerance %.3f; "
-                    "%d of %d outputs divergent, %.0f%% allowed); the model directory holds fp32 only",
-                    gate8["mean_abs_logprob_diff"], cfg.int8_mean_tolerance, gate8["divergent"], gate8["outputs"],
-                    100 * cfg.int8_max_divergent)
+    _gate_variant(loaded, tmp, manifest, cfg, "int8", "cpu", cfg.int8_tolerance, cfg.int8_mean_tolerance, cfg.int8_max_divergent)
+
+
+def half(loaded: Loaded, tmp: Path, manifest: dict, cfg: ExportConfig) -> None:
+    """An fp16 variant for GPUs (onnxruntime's float16 converter, float32 kept at the inputs and outputs) behind its
+    own gate; it becomes the GPU default if it passes, and fp32 stays the GPU default if it does not."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from s2s.engine import cuda_available
+
+    for spec in _graphs(manifest):
+        onnx.save(convert_float_to_float16(onnx.load(tmp / spec.file), keep_io_types=True), tmp / spec.file.replace(".onnx", ".fp16.onnx"))
+    device = "cuda" if cuda_available()[0] else "cpu"
+    passed = _gate_variant(loaded, tmp, manifest, cfg, "fp16", device, cfg.fp16_tolerance, cfg.fp16_mean_tolerance, cfg.fp16_max_divergent)
+    manifest["default_gpu_variant"] = "fp16" if passed else "fp32"
+
+
+def _gate_variant(loaded: Loaded, tmp: Path, manifest: dict, cfg: ExportConfig, name: str, device: str, tolerance: float, mean_tolerance: float,
+                  max_divergent: float) -> bool:
+    """List the variant whose files `<graph>.<name>.onnx` are in `tmp`, then hold it to its gate against PyTorch fp32
+    on `device`: a variant that fails is left out (its files removed) and the manifest says why."""
+    manifest["variants"][name] = {key: f.replace(".onnx", f".{name}.onnx") for key, f in manifest["variants"]["fp32"].items()}
+    engine = OrtEngine(ModelDir(tmp, manifest), name, device, threads=usable_cpus(), io_binding=False)
+    gate = parity_gate(TorchEngine(loaded.model), engine, loaded.sources, cfg.batch_sizes, cfg.beam_size, tolerance,
+                       mean_tolerance=mean_tolerance, max_divergent=max_divergent)
+    gate["provider"] = engine.provider
+    manifest["variants"][name]["parity"] = gate
+    if gate["passed"]:
+        return True
+    manifest["variants"].pop(name)
+    for spec in _graphs(manifest):
+        (tmp / spec.file.replace(".onnx", f".{name}.onnx")).unlink()
+    manifest[f"{name}_rejected"] = gate
+    log.warning("the %s variant failed its parity gate and is left out (mean |delta log-prob| %.3f, tolerance %.3f; "
+                "%d of %d outputs divergent, %.0f%% allowed); the model directory holds the others",
+                name, gate["mean_abs_logprob_diff"], mean_tolerance, gate["divergent"], gate["outputs"], 100 * max_divergent)
+    return False
 
 
 def score(loaded: Loaded, tmp: Path, manifest: dict, cfg: ExportConfig) -> None:
     """Valid BLEU of each variant (and with the vocabulary map); int8 becomes the CPU default within max_int8_bleu_loss."""
     for variant in manifest["variants"]:
+        if variant == "fp16":  # a GPU variant: the CPU provider would score its weights, not a GPU's arithmetic
+            continue
         if cfg.quantize or cfg.vmap:
             manifest["variants"][variant]["valid_bleu"] = _valid_bleu(tmp, manifest, variant, loaded.valid)
         if cfg.vmap:
@@ -250,6 +278,8 @@ def score(loaded: Loaded, tmp: Path, manifest: dict, cfg: ExportConfig) -> None:
 def save(tmp: Path, out: Path, manifest: dict) -> None:
     """The manifest with every file's hash, then one rename of the staging folder onto `out`."""
     manifest["files"] = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    for files in manifest["variants"].values():  # what each variant weighs on disk (and so in memory, about)
+        files["bytes"] = sum((tmp / f).stat().st_size for key, f in files.items() if isinstance(f, str) and f.endswith(".onnx"))
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     if out.exists():
         shutil.rmtree(out)

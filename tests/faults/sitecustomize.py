@@ -9,6 +9,7 @@ starts for it (they inherit the environment); once the targeted module is import
     poison:<text>                 a translate call whose texts contain <text> kills its process, every time
     broken_engine:<marker>        the first process to translate gets an engine whose every step raises, as on a failed device
     broken_engine_once:<marker>   the first engine made (in any process) fails every step; engines made after it work
+    fake_cuda                     onnxruntime's CUDA provider "loads" in processes Ray gave a GPU (computing on the CPU)
     echo                          Translator.translate answers "T:" + the text itself (or its error) without the
                                   model: exact and fast, so that a test can check each row holds its own text's translation
 """
@@ -71,7 +72,37 @@ def _patch_engine(module, kind, arg) -> None:
     module.OrtEngine.__init__, module.OrtEngine.step = new_init, new_step
 
 
-TARGETS = {"slow": ("s2s.translator", _patch_translator), "die_once": ("s2s.translator", _patch_translator),
+def _patch_cuda(module, kind, arg) -> None:
+    """fake_cuda: in a process Ray gave a GPU (CUDA_VISIBLE_DEVICES names one, read when the engine is made),
+    onnxruntime reports its CUDA provider loaded when asked for it, as onnxruntime-gpu on a GPU node would.
+    The computation stays on the CPU, without I/O binding (which would need torch's CUDA)."""
+    import onnxruntime as ort
+
+    choose, init, session = module.choose_providers, module.OrtEngine.__init__, ort.InferenceSession
+
+    def has_gpu() -> bool:
+        return bool(os.environ.get("CUDA_VISIBLE_DEVICES", "").strip())
+
+    def choose_providers(device):
+        if device != "cpu" and has_gpu():
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return choose(device)
+
+    class Session(session):
+        def __init__(self, path, opts=None, providers=None, **kw):
+            self._cuda = "CUDAExecutionProvider" in (providers or [])
+            super().__init__(path, opts, providers=["CPUExecutionProvider"], **kw)
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"] if self._cuda else ["CPUExecutionProvider"]
+
+    def new_init(self, model_dir, variant="auto", device="auto", threads=1, io_binding=None, use_vmap=False, spin=False):
+        init(self, model_dir, variant, device, threads, False if has_gpu() else io_binding, use_vmap, spin)
+
+    module.choose_providers, module.OrtEngine.__init__, ort.InferenceSession = choose_providers, new_init, Session
+
+
+TARGETS = {"fake_cuda": ("s2s.engine", _patch_cuda), "slow": ("s2s.translator", _patch_translator), "die_once": ("s2s.translator", _patch_translator),
            "poison": ("s2s.translator", _patch_translator), "echo": ("s2s.translator", _patch_translator),
            "broken_engine": ("s2s.engine", _patch_engine), "broken_engine_once": ("s2s.engine", _patch_engine)}
 
