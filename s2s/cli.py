@@ -179,6 +179,7 @@ def translate(
     Exit codes: 0 done, 1 error rate over --max-error-rate, 2 bad invocation, 3 the run failed (rerun with --resume)."""
     from s2s.cluster import what_failed
     from s2s.engine import DeviceError, ModelDirError
+    from s2s.reference import EngineCheckError
     from s2s.lease import LeaseHeld, LeaseLost
     from s2s.textfile import is_text_path, text_output, translate_text
     from s2s.translate import JobError, default_output, fill_template, run_translate
@@ -208,7 +209,7 @@ def translate(
             summary = run_translate(cfg)
     except (LeaseHeld, LeaseLost) as e:  # another live run, or this one lost the folder: the scheduler retries later
         _fail(str(e), code=3)
-    except (JobError, ModelDirError, DeviceError, ValueError, FileNotFoundError) as e:
+    except (JobError, ModelDirError, DeviceError, EngineCheckError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001 - Ray, storage, a changed input or the machine failed: the scheduler's code
         _fail(f"run failed ({what_failed(e)}). " + ("Nothing was written; fix the cause and run again." if text_mode else

@@ -116,6 +116,11 @@ class ExportConfig:
     # CPU provider, which computes its half-precision weights in float32 (the GPU's own arithmetic is checked
     # where it runs, by benchmarks/gpu_check.py's parity step)
     fp16: bool = True
+    # reference outputs every engine decodes when it loads (s2s/reference.py): this many held-out sentences, and the
+    # fp32 variant's tolerance there (the export's own gate is 1e-4; a GPU's kernels, TF32 among them, differ more)
+    reference_sentences: int = 32
+    fp32_check_tolerance: float = 0.02
+    check_max_other_picks: float = 0.02  # share of steps where an fp32 engine may pick another token than PyTorch clearly did
     fp16_mean_tolerance: float = 0.05
     fp16_tolerance: float = 0.25
     fp16_max_divergent: float = 0.05

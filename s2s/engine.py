@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from s2s.storage import build_folder_once, filesystem, is_uri
+from s2s.reference import check as check_reference
 from s2s.search import State
 from s2s.tokenizer import load_sentencepiece
 from s2s.config import DecodeConfig
@@ -243,8 +244,15 @@ class OrtEngine:
         on_cuda = self.provider == "CUDAExecutionProvider"
         self.io_binding = (on_cuda if io_binding is None else io_binding) and not use_vmap
         self.device = "cuda" if on_cuda else "cpu"
-        log.info("onnxruntime provider: %s (variant %s, %d thread(s)%s%s)", self.provider, variant, threads,
-                 ", I/O binding" if self.io_binding else "", ", vocabulary map" if use_vmap else "")
+        # the export's reference sentences, decoded here on this provider and variant before any row is (full softmax)
+        self.use_vmap = False
+        try:
+            self.checked = check_reference(self, model_dir, variant, self.provider)
+        finally:
+            self.use_vmap = use_vmap
+        log.info("onnxruntime provider: %s (variant %s, %d thread(s)%s%s)%s", self.provider, variant, threads,
+                 ", I/O binding" if self.io_binding else "", ", vocabulary map" if use_vmap else "",
+                 f"; reference check: mean |delta log-prob| {self.checked['mean_abs_logprob_diff']:.2g}" if self.checked else "")
 
     def encode(self, src_ids: np.ndarray, src_lens: np.ndarray) -> State:
         feeds = {"src_ids": src_ids.astype(np.int64), "src_lens": src_lens.astype(np.int64)}

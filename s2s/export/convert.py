@@ -27,6 +27,8 @@ from s2s.quality import corpus_scores
 from s2s.export.graphs import DECODER_STATE, DECODER_STEP, ENCODER, DecoderState, DecoderStep, Encoder, example_inputs, export_graph
 from s2s.export.parity import parity_gate
 from s2s.export.vmap import VMAP_FILE, build_vmap
+from s2s.reference import REFERENCE_FILE
+from s2s.reference import record as record_reference
 from s2s.engine import FORMAT, MANIFEST, ModelDir, OrtEngine, library_versions, sha256, usable_cpus
 from s2s.storage import absolute, is_uri
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, load_sentencepiece
@@ -178,6 +180,8 @@ def build(loaded: Loaded, tmp: Path, run_dir: str | Path, cfg: ExportConfig) -> 
         "variants": {"fp32": {"encoder": ENCODER.file, "decoder_step": DECODER_STEP.file}},
         "default_cpu_variant": "fp32",
     }
+    manifest["reference"] = record_reference(TorchEngine(model), loaded.sources[: cfg.reference_sentences], tmp / REFERENCE_FILE)
+    manifest["variants"]["fp32"]["check"] = {"mean_tolerance": cfg.fp32_check_tolerance, "max_other_picks": cfg.check_max_other_picks}
     if cfg.vmap:
         vmap = build_vmap(run / "data" / "train.parquet", model.cfg.src_vocab_size, model.cfg.tgt_vocab_size, cfg.vmap_per_source,
                           cfg.vmap_frequent)
@@ -238,7 +242,9 @@ def _gate_variant(loaded: Loaded, tmp: Path, manifest: dict, cfg: ExportConfig, 
                   max_divergent: float) -> bool:
     """List the variant whose files `<graph>.<name>.onnx` are in `tmp`, then hold it to its gate against PyTorch fp32
     on `device`: a variant that fails is left out (its files removed) and the manifest says why."""
-    manifest["variants"][name] = {key: f.replace(".onnx", f".{name}.onnx") for key, f in manifest["variants"]["fp32"].items()}
+    manifest["variants"][name] = {key: f.replace(".onnx", f".{name}.onnx") for key, f in manifest["variants"]["fp32"].items()
+                                  if isinstance(f, str)}
+    manifest["variants"][name]["check"] = {"mean_tolerance": mean_tolerance, "max_other_picks": max_divergent}
     engine = OrtEngine(ModelDir(tmp, manifest), name, device, threads=usable_cpus(), io_binding=False)
     gate = parity_gate(TorchEngine(loaded.model), engine, loaded.sources, cfg.batch_sizes, cfg.beam_size, tolerance,
                        mean_tolerance=mean_tolerance, max_divergent=max_divergent)

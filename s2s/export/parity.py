@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from s2s.reference import forced_log_probs
 from s2s.search import beam_search, greedy_search
 from s2s.tokenizer import BOS_ID, EOS_ID
 from s2s.tokenizer import pad_ids
 from s2s.translator import Engine
-
-
-def forced_log_probs(engine: Engine, src: np.ndarray, lens: np.ndarray, outputs: list[list[int]]) -> list[np.ndarray]:
-    """Feed each row its own output (teacher forcing) -> per row, log-probs (steps, V) with EOS's step last."""
-    state = engine.encode(src, lens)
-    steps = max(len(o) for o in outputs) + 1
-    prev = np.full(len(outputs), BOS_ID, dtype=np.int64)
-    per_step = []
-    for t in range(steps):
-        lp, state = engine.step(prev, state)
-        per_step.append(lp)
-        prev = np.asarray([o[t] if t < len(o) else EOS_ID for o in outputs], dtype=np.int64)
-    return [np.stack([per_step[t][i] for t in range(len(o) + 1)]) for i, o in enumerate(outputs)]
 
 
 def _first_difference(a: list[int], b: list[int]) -> int:
