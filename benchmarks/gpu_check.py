@@ -13,7 +13,8 @@ Steps, each timed, each reported even when it fails (the steps after it go on wh
     ddp        DistributedDataParallel over the process group (nccl on a GPU, gloo on a CPU), world size 1
     fit        s2s.train.fit for --steps optimizer steps, checkpointing as Ray Train's adapter does
     resume     fit again from the last checkpoint, loaded onto the device, for --resume-steps more
-    export     s2s.export.convert.export_run of the best checkpoint, with its parity gates (fp32, int8)
+    export     s2s.export.convert.export_run of the best checkpoint, with its parity gates (fp32, int8, fp16)
+    check      each engine's reference check at load (s2s/reference.py), on its own provider and variant
     parity     each GPU engine against PyTorch fp32 on the CPU: the export gate's comparison, on the GPU
     decode     sentences/s of PyTorch eager and onnxruntime on the device, greedy and beam 4, by batch size,
                and the decoder step's FLOP rate as a share of the measured bf16 rate
@@ -260,6 +261,12 @@ def step_export(cfg: TrainConfig, ckpts: Checkpoints, model_dir: Path) -> dict:
         row("export", "int8 gate", "passed", f"mean |d log-prob| {g8['mean_abs_logprob_diff']:.3f}, {g8['divergent']} of {g8['outputs']} divergent")
     else:
         row("export", "int8 gate", "left out", "the int8 variant failed its gate")
+    if "fp16" in manifest["variants"]:
+        g16 = manifest["variants"]["fp16"]["parity"]
+        row("export", f"fp16 gate (on {g16['provider']})", "passed", f"mean |d log-prob| {g16['mean_abs_logprob_diff']:.4f}, "
+            f"{g16['divergent']} of {g16['outputs']} divergent; GPU default {manifest['default_gpu_variant']}")
+    else:
+        row("export", "fp16 gate", "left out", "the fp16 variant failed its gate")
     for variant, v in manifest["variants"].items():
         row("export", f"valid BLEU, {variant} (greedy, onnxruntime CPU)", v.get("valid_bleu"))
     return manifest
@@ -274,10 +281,20 @@ def engines_on_device(a: argparse.Namespace, model: Seq2Seq, model_dir: Path, en
     md = load_model_dir(model_dir)
     if env["ort_cuda"]:
         engines["ort cuda fp32 io-binding"] = OrtEngine(md, "fp32", "cuda", io_binding=True)
+        if "fp16" in md.manifest["variants"]:
+            engines["ort cuda fp16 io-binding"] = OrtEngine(md, "fp16", "cuda", io_binding=True)
+        auto = OrtEngine(md, "auto", "auto")
+        row("decode", "what --device auto --variant auto loads here", f"{auto.provider} {auto.variant}")
     elif env["cuda"]:
         row("decode", "onnxruntime CUDA rows", "skipped", env["ort_cuda_why"])
     if not env["cuda"]:  # a CPU-only machine (CI): the same binding code on the CPU provider
         engines["ort cpu fp32 io-binding"] = OrtEngine(md, "fp32", "cpu", threads=usable_cpus(), io_binding=True)
+    for name, engine in engines.items():  # each onnxruntime engine decoded the export's reference sentences as it loaded
+        if getattr(engine, "checked", None):
+            c = engine.checked
+            row("check", f"{name}: reference check at load", "passed",
+                f"mean |d log-prob| {c['mean_abs_logprob_diff']:.2e}, max {c['max_abs_logprob_diff']:.2e}, "
+                f"{c['other_picks']} of {c['steps']} steps another token")
     return engines
 
 
@@ -288,6 +305,7 @@ def _copy_to(model: Seq2Seq, device: torch.device) -> Seq2Seq:
 
 
 def step_parity(a: argparse.Namespace, model: Seq2Seq, engines: dict, run: Path) -> None:
+    from s2s.config import ExportConfig
     from s2s.export.parity import parity_gate
 
     src_sp = load_sentencepiece(run / "src.model")
@@ -295,7 +313,12 @@ def step_parity(a: argparse.Namespace, model: Seq2Seq, engines: dict, run: Path)
     sources = [ids + [EOS_ID] for ids in src_sp.encode(valid)]
     reference = TorchEngine(model)
     for name, engine in engines.items():
-        gate = parity_gate(reference, engine, sources, (1, 37), 4, 1e-4)
+        if getattr(engine, "variant", "fp32") == "fp16":  # the export's fp16 gate, now on the GPU's own arithmetic
+            x = ExportConfig()
+            gate = parity_gate(reference, engine, sources, (1, 37), 4, x.fp16_tolerance, mean_tolerance=x.fp16_mean_tolerance,
+                               max_divergent=x.fp16_max_divergent)
+        else:
+            gate = parity_gate(reference, engine, sources, (1, 37), 4, 1e-4)
         row("parity", f"{name} vs torch cpu fp32, {len(sources)} sentences x batch 1, 37", "passed" if gate["passed"] else "FAILED",
             f"max |d log-prob| {gate['max_abs_logprob_diff']:.2e} of {gate['gate_tolerance']:.2e}; greedy {gate['greedy']}; beam {gate['beam4']}")
 

@@ -280,7 +280,7 @@ class OrtEngine:
             N, S, H, L = len(prev), state["mask"].shape[1], self.hidden, self.layers
             shapes = {"log_probs": (N, self.vocab), "h_out": (N, L, H), "c_out": (N, L, H), "feed_out": (N, H), "attention": (N, S)}
             out = self._run_bound(self.decoder, feeds, shapes)
-            lp = out["log_probs"].cpu().numpy()  # the search picks tokens on the host; the state stays on the device
+            lp = out["log_probs"]  # a tensor on the device: the search reduces it there (s2s.search._top_k)
             return lp, {**state, "h": out["h_out"], "c": out["c_out"], "feed": out["feed_out"], "attention": out["attention"]}
         if self.use_vmap:
             feed, h, c, attn, lp_short = self.state_step.run(None, {**feeds, "vmap_weight": self.weight, "vmap_bias": self.bias})
@@ -293,8 +293,8 @@ class OrtEngine:
     def _run_bound(self, session, feeds: dict, out_shapes: dict[str, tuple[int, ...]]) -> dict:
         """Run with I/O binding: inputs and outputs are torch tensors on this engine's device, bound by pointer.
 
-        The state between steps then never leaves the device (the search reorders it with `index_select`);
-        only the log-probabilities come back to the host. On the CPU provider the same code runs (tests).
+        The state between steps then never leaves the device (the search reorders it with `index_select`), nor
+        do the log-probabilities: the search takes each row's top tokens there, and only those come back. On the CPU provider the same code runs (tests).
         """
         import torch
 

@@ -34,7 +34,7 @@ def forced_log_probs(engine, src: np.ndarray, lens: np.ndarray, outputs: list[li
     per_step = []
     for t in range(steps):
         lp, state = engine.step(prev, state)
-        per_step.append(np.asarray(lp))
+        per_step.append(lp if isinstance(lp, np.ndarray) else lp.float().cpu().numpy())  # a device tensor with I/O binding
         prev = np.asarray([o[t] if t < len(o) else EOS_ID for o in outputs], dtype=np.int64)
     return [np.stack([per_step[t][i] for t in range(len(o) + 1)]) for i, o in enumerate(outputs)]
 

@@ -2,9 +2,11 @@
 
 An engine (`TorchEngine` in `s2s.translator`, `OrtEngine` in `s2s.engine`) supplies
 
-    step(prev_tokens: np.ndarray (N,), state) -> (log_probs: np.ndarray (N, V), new_state)
+    step(prev_tokens: np.ndarray (N,), state) -> (log_probs (N, V), new_state)
 
-where `state` is a dict of arrays (numpy or torch) whose first axis is the row. The search only picks,
+where `state` is a dict of arrays (numpy or torch) whose first axis is the row, and `log_probs` a numpy
+array or a torch tensor on the engine's device. A tensor is reduced where it is (`_best`, `_top_k`): on a
+GPU the (N, V) log-probs never leave it, and only each row's few candidate ids and scores come back. The search only picks,
 reorders and drops rows of the state with `select_state`; it never looks inside. Beam search knows one
 thing more: `memory` and `mask`, the encoder's outputs, are equal across a sentence's beams, so they are
 copied only when a sentence ends, not at every step's reorder of beams (the largest arrays of the state).
@@ -35,6 +37,25 @@ def select_state(state: State, rows: np.ndarray) -> State:
     return out
 
 
+def _best(log_probs) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's most likely token and its log-prob (the first on a tie), reduced where the log-probs are."""
+    if isinstance(log_probs, np.ndarray):
+        best = log_probs.argmax(axis=1)
+        return best, log_probs[np.arange(len(best)), best]
+    values, best = log_probs.max(dim=1)
+    return best.cpu().numpy(), values.cpu().numpy()
+
+
+def _top_k(log_probs, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k most likely tokens' log-probs and ids, best first, reduced where the log-probs are."""
+    import torch  # here, not at the top: Ray's read and commit workers import this module and need no torch
+
+    if isinstance(log_probs, np.ndarray):
+        log_probs = torch.from_numpy(np.ascontiguousarray(log_probs, dtype=np.float32))
+    values, ids = log_probs.topk(k, dim=1)
+    return values.cpu().numpy(), ids.cpu().numpy()
+
+
 @dataclass
 class Hypothesis:
     tokens: list[int]  # target ids, without BOS and EOS
@@ -53,8 +74,8 @@ def greedy_search(step: StepFn, state: State, batch: int, bos: int, eos: int, ma
     t = 0
     while len(active):
         log_probs, state = step(prev, state)
-        best = log_probs.argmax(axis=1)
-        tokens[active, t], step_lp[active, t] = best, log_probs[np.arange(len(active)), best]
+        best, best_lp = _best(log_probs)
+        tokens[active, t], step_lp[active, t] = best, best_lp
         is_eos = best == eos
         done = is_eos | (t + 1 >= max_len[active])
         finished = active[done]
@@ -93,8 +114,6 @@ def beam_search(
     """
     if beam_size < 1 or not 1 <= nbest <= beam_size:
         raise ValueError(f"need beam_size >= 1 and 1 <= nbest <= beam_size, got {beam_size}, {nbest}")
-    import torch  # here, not at the top: Ray's read and commit workers import this module and need no torch
-
     K = beam_size
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     active = np.arange(batch)  # sentences still searching
@@ -112,9 +131,9 @@ def beam_search(
         # score is one constant added to all its tokens), so top-k per beam first: torch.topk does it ~20x
         # faster than numpy's argpartition over the whole (n, K*V) row, which dominated beam search time.
         k2 = min(2 * K, V)
-        beam_lp, beam_tok = torch.from_numpy(np.ascontiguousarray(log_probs, dtype=np.float32)).topk(k2, dim=1)
-        part = (np.arange(K)[None, :, None] * V + beam_tok.numpy().reshape(n, K, k2)).reshape(n, K * k2)  # index into K*V
-        part_scores = (scores[:, :, None] + beam_lp.numpy().reshape(n, K, k2)).reshape(n, K * k2)
+        beam_lp, beam_tok = _top_k(log_probs, k2)
+        part = (np.arange(K)[None, :, None] * V + beam_tok.reshape(n, K, k2)).reshape(n, K * k2)  # index into K*V
+        part_scores = (scores[:, :, None] + beam_lp.reshape(n, K, k2)).reshape(n, K * k2)
         order = np.lexsort((part, -part_scores), axis=1)[:, : 2 * K]  # best first; ties: lower index, as argmax
         top = np.take_along_axis(part, order, 1)  # (n, 2K)
         top_scores = np.take_along_axis(part_scores, order, 1)

@@ -41,8 +41,8 @@ class Engine(Protocol):
 class TorchEngine:
     """The PyTorch model as a step function (evaluation, the export parity gate, benchmarks).
 
-    It runs where the model's weights are: on a GPU the state stays there between steps and only the
-    log-probs come back to the host."""
+    It runs where the model's weights are: on a GPU the state and the log-probs stay there between steps
+    (the search reduces them on the device); on the CPU the log-probs are numpy arrays."""
 
     def __init__(self, model: torch.nn.Module):
         import torch  # imported here so that the Ray workers that only read and write Parquet never load torch
@@ -60,7 +60,8 @@ class TorchEngine:
         with self.torch.inference_mode():
             lp, h, c, feed, attn = self.model.decode_step(self.torch.from_numpy(prev).to(self.device), state["h"], state["c"],
                                                           state["feed"], state["memory"], state["mask"])
-        return lp.float().cpu().numpy(), {**state, "h": h, "c": c, "feed": feed, "attention": attn}
+        lp = lp.float() if self.device.type == "cuda" else lp.float().numpy()
+        return lp, {**state, "h": h, "c": c, "feed": feed, "attention": attn}
 
 
 def attention_of(engine: Engine, src_ids: list[int], out_ids: list[int]) -> np.ndarray:

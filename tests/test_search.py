@@ -73,3 +73,41 @@ def test_select_state_works_for_numpy_and_torch():
     state = {"a": np.arange(6).reshape(3, 2), "b": torch.arange(3)}
     out = select_state(state, rows)
     assert out["a"].tolist() == [[4, 5], [0, 1], [0, 1]] and out["b"].tolist() == [2, 0, 0]
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+def _table_step(table, as_tensor):
+    """A step function over a fixed random table: the log-probs of a row depend on its sentence, its previous
+    token and the step, as a real decoder's do; returned as numpy, or as a torch tensor (what a GPU engine
+    with I/O binding returns, kept on its device)."""
+
+    def step(prev, state):
+        lp = table[state["sentence"], state["t"] % table.shape[1], prev % table.shape[2]]
+        new = {"sentence": state["sentence"], "t": state["t"] + 1}
+        return (torch.from_numpy(lp.copy()) if as_tensor else lp), new
+
+    return step
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 6), vocab=st.integers(5, 40), beam=st.integers(1, 5),
+       ties=st.booleans())
+def test_the_search_picks_the_same_whether_the_log_probs_are_numpy_or_a_device_tensor(seed, batch, vocab, beam, ties):
+    """The reductions on a tensor (`_best`, `_top_k`) give the same hypotheses, scores included, as on numpy,
+    greedy and beam, also where rows hold exactly tied log-probs (rounded to a coarse grid)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(batch, 7, vocab, vocab)).astype(np.float32)
+    if ties:
+        logits = np.round(logits * 2) / 2
+    table = (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)
+    max_len = rng.integers(1, 9, batch)
+    results = []
+    for as_tensor in (False, True):
+        state = {"sentence": np.arange(batch), "t": np.zeros(batch, dtype=np.int64)}
+        step = _table_step(table, as_tensor)
+        g = greedy_search(step, state, batch, BOS_ID, EOS_ID, max_len)
+        b = beam_search(step, state, batch, BOS_ID, EOS_ID, max_len, beam_size=min(beam, vocab), nbest=1)
+        results.append(([(h.tokens, h.score) for h in g], [[(h.tokens, h.score) for h in hs] for hs in b]))
+    assert results[0] == results[1]
