@@ -45,9 +45,9 @@ class SafeTranslator:
     def __init__(self, translator: Translator):
         self.translator = translator
 
-    def translate(self, texts: list[Any]) -> list[Translation]:
+    def translate(self, texts: list[Any], prefixes: list[str | None] | None = None) -> list[Translation]:
         try:
-            return self.translator.translate(texts)
+            return self.translator.translate(texts, prefixes)
         except Exception as e:  # noqa: BLE001 - one bad row must not cost the others
             try:
                 self.translator.translate([CANARY])
@@ -56,10 +56,11 @@ class SafeTranslator:
             if len(texts) == 1:
                 return [Translation(None, None, 0, 0, error=f"{type(e).__name__}: {e}")]
             mid = len(texts) // 2
-            return self.translate(texts[:mid]) + self.translate(texts[mid:])
+            halves = (prefixes[:mid], prefixes[mid:]) if prefixes is not None else (None, None)
+            return self.translate(texts[:mid], halves[0]) + self.translate(texts[mid:], halves[1])
 
 
-def translate_here(load: Callable[[], Translator], texts: list[Any], state: dict) -> list[Translation]:
+def translate_here(load: Callable[[], Translator], texts: list[Any], state: dict, prefixes: list[str | None] | None = None) -> list[Translation]:
     """In one process: translate, loading the engine afresh when it fails, up to MAX_ENGINE_FAILURES times.
 
     `state` keeps the translator between calls ("translator") and counts the failures ("engine_failures")."""
@@ -67,7 +68,7 @@ def translate_here(load: Callable[[], Translator], texts: list[Any], state: dict
         if state.get("translator") is None:
             state["translator"] = SafeTranslator(load())
         try:
-            return state["translator"].translate(texts)
+            return state["translator"].translate(texts, prefixes)
         except EngineFailed as e:
             state["engine_failures"] = state.get("engine_failures", 0) + 1
             state["translator"] = None
@@ -133,7 +134,7 @@ class TranslateBatch:
         self.relay, self.attempts_template, self.poison_limit = relay, attempts, poison_limit
         self.translator = SafeTranslator(load_translator(model, decode, variant, device, threads))
         engine = self.translator.translator.engine
-        self.provider, self.variant, self.nbest = engine.provider, engine.variant, decode.nbest
+        self.provider, self.variant, self.decode = engine.provider, engine.variant, decode
         self.node = ray.get_runtime_context().get_node_id()
         self.gpus = [str(g) for g in ray.get_gpu_ids()]  # the GPUs Ray gave this actor (CUDA_VISIBLE_DEVICES)
         self.say(f"translate actor pid {os.getpid()}: onnxruntime provider {self.provider}, variant {self.variant}"
@@ -153,23 +154,24 @@ class TranslateBatch:
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
         for unit in batch.to_pylist():
-            results = self._translate_unit(unit, unit.pop("texts"))
-            rows.append({**unit, **results_columns(results, self.nbest > 1), "provider": self.provider, "variant": self.variant,
+            results = self._translate_unit(unit, unit.pop("texts"), unit.pop("prefixes", None))
+            rows.append({**unit, **results_columns(results, self.decode), "provider": self.provider, "variant": self.variant,
                          "node": self.node, "gpus": ",".join(self.gpus)})
         return pa.Table.from_pylist(rows)
 
-    def _translate_unit(self, unit: dict, texts: list) -> list[Translation]:
+    def _translate_unit(self, unit: dict, texts: list, prefixes: list | None = None) -> list[Translation]:
         self.attempts = UnitAttempts(self.attempts_template.format(name=unit["name"]))
         self.where = f"{unit['path']} rows {unit['start']}..{unit['stop']}"
         rec = self.attempts.start()
         try:
-            results = self.translator.translate(texts) if rec["deaths"] < ISOLATE_AFTER else self._isolate(texts, rec, unit["start"])
+            results = (self.translator.translate(texts, prefixes) if rec["deaths"] < ISOLATE_AFTER else
+                       self._isolate(texts, rec, unit["start"], prefixes))
         except EngineFailed as e:
             self._engine_failed(e)
         self.attempts.finish()
         return results
 
-    def _isolate(self, texts: list, rec: dict, first_row: int) -> list[Translation]:
+    def _isolate(self, texts: list, rec: dict, first_row: int, prefixes: list | None = None) -> list[Translation]:
         """One row at a time, each marked in flight first, skipping the rows that killed earlier attempts."""
         flagged = ", ".join(str(first_row + i) for i in rec["poison"]) or "none"
         if len(rec["poison"]) > self.poison_limit:
@@ -189,7 +191,7 @@ class TranslateBatch:
                 continue
             rec["in_flight"] = i
             self.attempts.save()
-            results += self.translator.translate([text])
+            results += self.translator.translate([text], None if prefixes is None else [prefixes[i]])
         return results
 
     def _engine_failed(self, error: EngineFailed) -> None:
@@ -204,12 +206,17 @@ class TranslateBatch:
         os._exit(75)  # a crash, not a clean exit: Ray Data restarts the actor and retries its task
 
 
-def results_columns(results: list[Translation], nbest: bool) -> dict[str, list]:
-    """A unit's results as one list per result column (what the commit joins to the input rows)."""
+def results_columns(results: list[Translation], decode) -> dict[str, list]:
+    """A unit's results as one list per result column (what the commit joins to the input rows); the optional
+    columns as the decode settings (a DecodeConfig) ask for them."""
     out = {"translation": [r.translation for r in results], "score": [r.score for r in results],
            "src_tokens": [r.src_tokens for r in results], "tgt_tokens": [r.tgt_tokens for r in results],
            "error": [r.error for r in results]}
-    if nbest:
+    if decode.nbest > 1:
         out["nbest"] = [[{"translation": t, "score": s} for t, s in r.nbest] for r in results]
+    if decode.return_token_scores:
+        out["token_scores"] = [r.token_scores for r in results]
+    if decode.return_alignment:
+        out["alignment"] = [r.alignment for r in results]
     return out
 

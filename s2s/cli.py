@@ -77,6 +77,16 @@ def evaluate(
     split: Annotated[str, typer.Option(help="valid or test.")] = "test",
     beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = EVALUATE_DECODE.beam_size,
     length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = EVALUATE_DECODE.length_penalty,
+    no_repeat_ngram_size: Annotated[int, typer.Option(help="Never produce an n-gram of this size twice in one output (0: off).")] = EVALUATE_DECODE.no_repeat_ngram_size,
+    repetition_penalty: Annotated[float, typer.Option(help="> 1: tokens already in the output become less likely (their log-prob times this).")] = EVALUATE_DECODE.repetition_penalty,
+    min_decoding_length: Annotated[int, typer.Option(help="No end of sentence before this many output tokens.")] = EVALUATE_DECODE.min_decoding_length,
+    max_length_a: Annotated[float, typer.Option(help="Output limit per sentence: a x source tokens + b ...")] = EVALUATE_DECODE.max_length_a,
+    max_length_b: Annotated[int, typer.Option(help="... and never more than --max-decoding-length.")] = EVALUATE_DECODE.max_length_b,
+    sampling_topk: Annotated[int, typer.Option(help="Sample each token among the k most likely (greedy only; 1: no sampling, 0: among all).")] = EVALUATE_DECODE.sampling_topk,
+    sampling_topp: Annotated[float, typer.Option(help="... and among the fewest whose probabilities reach this.")] = EVALUATE_DECODE.sampling_topp,
+    sampling_temperature: Annotated[float, typer.Option(help="... after dividing the log-probs by this.")] = EVALUATE_DECODE.sampling_temperature,
+    sampling_seed: Annotated[int, typer.Option(help="Seeds the draws, with each sentence's own text: the same seed gives the same sample.")] = EVALUATE_DECODE.sampling_seed,
+    target_prefix: Annotated[str, typer.Option(help="Every translation starts with this text (forced).")] = EVALUATE_DECODE.target_prefix,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     samples: Annotated[int, typer.Option(help="Sample translations to show.")] = 5,
     attention: Annotated[int, typer.Option(help="Draw attention maps of this many samples into RUN_DIR/attention/.")] = 0,
@@ -85,8 +95,11 @@ def evaluate(
     from s2s.evaluate import evaluate_run
 
     try:
-        result = evaluate_run(run_dir, split, DecodeConfig(beam_size=beam_size, length_penalty=length_penalty), checkpoint, samples,
-                              attention)
+        decode = DecodeConfig(beam_size=beam_size, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                              repetition_penalty=repetition_penalty, min_decoding_length=min_decoding_length, max_length_a=max_length_a,
+                              max_length_b=max_length_b, sampling_topk=sampling_topk, sampling_topp=sampling_topp,
+                              sampling_temperature=sampling_temperature, sampling_seed=sampling_seed, target_prefix=target_prefix)
+        result = evaluate_run(run_dir, split, decode, checkpoint, samples, attention)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
@@ -145,6 +158,7 @@ def translate(
     id_column: Annotated[Optional[str], typer.Option(help="Column with row ids, unique and never null (default: add row_id = file#row).")] = TRANSLATE.id_column,
     allow_duplicate_ids: Annotated[bool, typer.Option(help="Accept an --id-column with duplicate or null values.")] = TRANSLATE.allow_duplicate_ids,
     reference_column: Annotated[Optional[str], typer.Option(help="Column with references (string or list): adds BLEU/chrF to _run.json.")] = TRANSLATE.reference_column,
+    target_prefix_column: Annotated[Optional[str], typer.Option(help="Column with each row's forced start of its translation (null or empty: --target-prefix).")] = TRANSLATE.target_prefix_column,
     result_prefix: Annotated[str, typer.Option(help="Write the results as <prefix>translation, <prefix>score, ... (for inputs "
                                                     "that have columns of those names).")] = TRANSLATE.result_prefix,
     beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = TRANSLATE.decode.beam_size,
@@ -154,6 +168,18 @@ def translate(
     max_input_tokens: Annotated[int, typer.Option(help="Longer inputs are refused (or truncated with --truncate).")] = TRANSLATE.decode.max_input_tokens,
     truncate: Annotated[bool, typer.Option(help="Truncate inputs over --max-input-tokens instead of refusing them.")] = TRANSLATE.decode.truncate_long_input,
     max_decoding_length: Annotated[int, typer.Option(help="Hard cap on output tokens.")] = TRANSLATE.decode.max_decoding_length,
+    no_repeat_ngram_size: Annotated[int, typer.Option(help="Never produce an n-gram of this size twice in one output (0: off).")] = TRANSLATE.decode.no_repeat_ngram_size,
+    repetition_penalty: Annotated[float, typer.Option(help="> 1: tokens already in the output become less likely (their log-prob times this).")] = TRANSLATE.decode.repetition_penalty,
+    min_decoding_length: Annotated[int, typer.Option(help="No end of sentence before this many output tokens.")] = TRANSLATE.decode.min_decoding_length,
+    max_length_a: Annotated[float, typer.Option(help="Output limit per sentence: a x source tokens + b ...")] = TRANSLATE.decode.max_length_a,
+    max_length_b: Annotated[int, typer.Option(help="... and never more than --max-decoding-length.")] = TRANSLATE.decode.max_length_b,
+    sampling_topk: Annotated[int, typer.Option(help="Sample each token among the k most likely (greedy only; 1: no sampling, 0: among all).")] = TRANSLATE.decode.sampling_topk,
+    sampling_topp: Annotated[float, typer.Option(help="... and among the fewest whose probabilities reach this.")] = TRANSLATE.decode.sampling_topp,
+    sampling_temperature: Annotated[float, typer.Option(help="... after dividing the log-probs by this.")] = TRANSLATE.decode.sampling_temperature,
+    sampling_seed: Annotated[int, typer.Option(help="Seeds the draws, with each sentence's own text: the same seed gives the same sample.")] = TRANSLATE.decode.sampling_seed,
+    target_prefix: Annotated[str, typer.Option(help="Every translation starts with this text (forced).")] = TRANSLATE.decode.target_prefix,
+    return_token_scores: Annotated[bool, typer.Option(help="Add a token_scores column: each output subword's log-prob.")] = TRANSLATE.decode.return_token_scores,
+    return_alignment: Annotated[bool, typer.Option(help="Add an alignment column: for each output subword, the position of the source subword it attended to most.")] = TRANSLATE.decode.return_alignment,
     use_vmap: Annotated[bool, typer.Option(help="Project each step onto the vocabulary-map shortlist (fp32: faster; int8: slower here).")] = TRANSLATE.decode.use_vmap,
     executor: Annotated[str, typer.Option(help="ray: Ray Data actors, on the cluster at RAY_ADDRESS or a local one; local: in this "
                                                "process, without Ray (small inputs).")] = TRANSLATE.executor,
@@ -188,8 +214,16 @@ def translate(
     try:
         decode = DecodeConfig(beam_size=beam_size, nbest=nbest, length_penalty=length_penalty, max_batch_tokens=max_batch_tokens,
                               max_input_tokens=max_input_tokens, truncate_long_input=truncate, max_decoding_length=max_decoding_length,
-                              use_vmap=use_vmap)
+                              use_vmap=use_vmap, no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
+                              min_decoding_length=min_decoding_length, max_length_a=max_length_a, max_length_b=max_length_b,
+                              sampling_topk=sampling_topk, sampling_topp=sampling_topp, sampling_temperature=sampling_temperature,
+                              sampling_seed=sampling_seed, target_prefix=target_prefix, return_token_scores=return_token_scores,
+                              return_alignment=return_alignment)
         if text_mode:
+            if target_prefix_column:
+                raise ValueError("--target-prefix-column needs a Parquet input; for text, --target-prefix applies to every line")
+            if return_token_scores or return_alignment or nbest > 1:
+                raise ValueError("--return-token-scores, --return-alignment and --nbest add columns: they need a Parquet input and output")
             target = text_output(input, output, overwrite)
             if json_summary and target == "-":
                 raise ValueError("--json and translations on stdout would mix; pass --output FILE with --json")
@@ -202,6 +236,7 @@ def translate(
             out = fill_template(output, values) if output else default_output(input)
             cfg = TranslateConfig(input=input, output=out, model=model, text_column=text_column, id_column=id_column,
                                   allow_duplicate_ids=allow_duplicate_ids, reference_column=reference_column, result_prefix=result_prefix,
+                                  target_prefix_column=target_prefix_column,
                                   decode=decode, executor=executor, actors=actors, cpus_per_actor=cpus_per_actor,
                                   gpus_per_actor=gpus_per_actor, device=device, variant=variant, rows_per_shard=rows_per_shard,
                                   max_error_rate=max_error_rate, overwrite=overwrite, resume=resume, lease_seconds=lease_seconds,

@@ -156,8 +156,30 @@ class DecodeConfig:
     max_input_tokens: int = 250  # longer inputs are refused, or truncated if truncate_long_input
     truncate_long_input: bool = False
     use_vmap: bool = False  # project onto the vocabulary-map shortlist (onnxruntime; CTranslate2's name)
+    # steering the search (s2s.search.Constraints; CTranslate2's and fairseq's names); the defaults change nothing
+    no_repeat_ngram_size: int = 0  # no n-gram of this size twice in one output (0: off)
+    repetition_penalty: float = 1.0  # > 1: tokens already in the output become less likely
+    min_decoding_length: int = 0  # no EOS before this many output tokens
+    # random sampling instead of the argmax (greedy only; s2s.search.Sampling): topk 1 is no sampling, 0 all tokens
+    sampling_topk: int = 1
+    sampling_topp: float = 1.0
+    sampling_temperature: float = 1.0
+    sampling_seed: int = 0  # with the source text, seeds each sentence's draws: the same seed gives the same sample
+    target_prefix: str = ""  # every translation starts with this text (a row's own prefix, where it has one, wins)
+    return_token_scores: bool = False  # each output subword's log-prob, as a column
+    return_alignment: bool = False  # for each output subword, the source subword it attended to most, as a column
 
     def __post_init__(self) -> None:
+        if self.sampling_topk < 0 or not 0 < self.sampling_topp <= 1 or self.sampling_temperature <= 0:
+            raise ValueError("sampling_topk must be >= 0, sampling_topp in (0, 1] and sampling_temperature > 0")
+        if self.sampling_topk != 1 and self.beam_size != 1:
+            raise ValueError(f"sampling (sampling_topk {self.sampling_topk}) picks one token a step: it needs beam_size 1, not {self.beam_size}")
+        if self.no_repeat_ngram_size < 0 or self.min_decoding_length < 0 or self.repetition_penalty <= 0:
+            raise ValueError("no_repeat_ngram_size and min_decoding_length must be >= 0 and repetition_penalty > 0")
+        if self.min_decoding_length > self.max_decoding_length:
+            raise ValueError(f"min_decoding_length ({self.min_decoding_length}) must not exceed max_decoding_length ({self.max_decoding_length})")
+        if self.max_length_a < 0 or self.max_length_b < 0 or self.max_length_a == self.max_length_b == 0:
+            raise ValueError("max_length_a and max_length_b must be >= 0 and not both 0 (the output limit is a * source length + b)")
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
         if not 1 <= self.nbest <= self.beam_size:
@@ -177,6 +199,7 @@ class TranslateConfig:
     id_column: str | None = None  # None: add `row_id` = "<file path within the input>#<row>"
     allow_duplicate_ids: bool = False  # accept an id column with duplicate or null values
     reference_column: str | None = None  # references (a string or a list of strings): adds BLEU/chrF to _run.json
+    target_prefix_column: str | None = None  # each row's forced start of its translation (empty or null: decode.target_prefix)
     result_prefix: str = ""  # results go to <prefix>translation, <prefix>score, ... (for inputs that have such columns)
     decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(beam_size=4))  # beam 4: measured best for its cost (docs/results.md)
     executor: str = "ray"  # ray: Ray Data actors (a cluster at RAY_ADDRESS, or a local one); local: in this process
@@ -210,4 +233,5 @@ class TranslateConfig:
     def names(self) -> dict[str, str]:
         from s2s.inputs import result_names
 
-        return result_names(self.result_prefix, self.decode.nbest > 1, self.id_column)
+        return result_names(self.result_prefix, self.decode.nbest > 1, self.id_column, self.decode.return_token_scores,
+                            self.decode.return_alignment)

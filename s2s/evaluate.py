@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import time
 from pathlib import Path
@@ -52,6 +54,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", decode: DecodeConfig 
         "split": split, "checkpoint": checkpoint, "sentences": len(rows), "references": sum(len(r["refs"]) for r in rows),
         **corpus_scores(hyps, [r["refs"] for r in rows]),
         "beam_size": decode.beam_size, "length_penalty": decode.length_penalty,
+        "decode": {k: v for k, v in dataclasses.asdict(decode).items() if v != getattr(DecodeConfig(), k) or k == "beam_size"},
         "sentences_per_s": round(len(rows) / seconds, 1), "epoch": ckpt.get("state", {}).get("epoch"), "step": ckpt.get("state", {}).get("step"),
     }
     picked = list(range(0, len(rows), max(1, len(rows) // max(samples, 1))))[: max(samples, attention)]

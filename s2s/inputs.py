@@ -32,7 +32,9 @@ from s2s.storage import InputChanged, check_pinned, file_identity, filesystem, i
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 RESULT_TYPES = {"translation": pa.string(), "score": pa.float64(), "src_tokens": pa.int32(), "tgt_tokens": pa.int32(),
-                "error": pa.string(), "nbest": pa.list_(pa.struct([("translation", pa.string()), ("score", pa.float64())]))}
+                "error": pa.string(), "nbest": pa.list_(pa.struct([("translation", pa.string()), ("score", pa.float64())])),
+                "token_scores": pa.list_(pa.float32()), "alignment": pa.list_(pa.int32())}
+OPTIONAL_RESULTS = ("nbest", "token_scores", "alignment")  # written only when asked for
 TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
 
 
@@ -45,9 +47,10 @@ def part_name(path: str, start: int) -> str:
     return f"part-{hashlib.sha1(path.encode()).hexdigest()[:12]}-{start:010d}.parquet"
 
 
-def result_names(prefix: str, nbest: bool, id_column: str | None) -> dict[str, str]:
+def result_names(prefix: str, nbest: bool, id_column: str | None, token_scores: bool = False, alignment: bool = False) -> dict[str, str]:
     """{result: the column it is written to}: the results under `prefix`, and `row_id` where no id column is given."""
-    names = {k: prefix + k for k in RESULT_TYPES if k != "nbest" or nbest}
+    asked = {"nbest": nbest, "token_scores": token_scores, "alignment": alignment}
+    names = {k: prefix + k for k in RESULT_TYPES if k not in OPTIONAL_RESULTS or asked[k]}
     if not id_column:
         names["row_id"] = "row_id"
     return names
@@ -158,7 +161,7 @@ class Plan:
 
 
 def plan(spec: str, text_column: str, rows_per_shard: int, results: dict[str, str], id_column: str | None = None,
-         reference_column: str | None = None, allow_duplicate_ids: bool = False) -> Plan:
+         reference_column: str | None = None, allow_duplicate_ids: bool = False, prefix_column: str | None = None) -> Plan:
     """List the input, pin each file, check its footer, cut it into units; JobError where the input cannot run."""
     listed, skipped = list_inputs(spec)
     files, units = [], []
@@ -173,7 +176,7 @@ def plan(spec: str, text_column: str, rows_per_shard: int, results: dict[str, st
             raise
         except (pa.ArrowInvalid, OSError) as e:
             raise JobError(f"{f['path']}: not a readable Parquet file ({e}). Fix or remove it, then run again.") from e
-        _check_schema(f["path"], schema, text_column, id_column, reference_column, results)
+        _check_schema(f["path"], schema, text_column, id_column, reference_column, results, prefix_column)
         files.append({**f, "pin": pin, "rows": n_rows})
         for start in range(0, n_rows, rows_per_shard):
             units.append({"path": f["path"], "label": f["label"], "pin": pin, "start": start, "stop": min(n_rows, start + rows_per_shard),
@@ -184,9 +187,10 @@ def plan(spec: str, text_column: str, rows_per_shard: int, results: dict[str, st
 
 
 def _check_schema(path: str, schema: pa.Schema, text_column: str, id_column: str | None, reference_column: str | None,
-                  results: dict[str, str]) -> None:
+                  results: dict[str, str], prefix_column: str | None = None) -> None:
     names = schema.names
-    for col, flag in ((text_column, "--text-column"), (id_column, "--id-column"), (reference_column, "--reference-column")):
+    for col, flag in ((text_column, "--text-column"), (id_column, "--id-column"), (reference_column, "--reference-column"),
+                      (prefix_column, "--target-prefix-column")):
         if col and col not in names:
             raise JobError(f"{path}: no column {col!r}; it has {names}. Name the right one with {flag}.")
     kind = schema.field(text_column).type
@@ -299,12 +303,16 @@ def texts_digest(texts: pa.Array) -> str:
     return h.hexdigest()
 
 
-def read_texts(batch: pa.Table, text_column: str) -> pa.Table:
-    """Ray Data map: each unit's texts as one list cell, and their digest. One row per unit, so no block
-    boundary can split a unit."""
-    cells, digests = [], []
+def read_texts(batch: pa.Table, text_column: str, prefix_column: str | None = None) -> pa.Table:
+    """Ray Data map: each unit's texts as one list cell, and their digest (and, with `prefix_column`, each row's
+    target prefix). One row per unit, so no block boundary can split a unit."""
+    cells, digests, prefixes = [], [], []
     for unit in batch.select(["path", "pin", "start", "stop"]).to_pylist():
-        col = as_bytes(read_rows(unit, [text_column]).column(0))
+        rows = read_rows(unit, [text_column] + ([prefix_column] if prefix_column else []))
+        col = as_bytes(rows.column(0))
         cells.append(col.to_pylist())
         digests.append(texts_digest(col))
-    return batch.append_column("texts", pa.array(cells, pa.list_(pa.binary()))).append_column("digest", pa.array(digests))
+        if prefix_column:
+            prefixes.append([p if isinstance(p, str) else None for p in rows.column(1).to_pylist()])
+    out = batch.append_column("texts", pa.array(cells, pa.list_(pa.binary()))).append_column("digest", pa.array(digests))
+    return out.append_column("prefixes", pa.array(prefixes, pa.list_(pa.string()))) if prefix_column else out

@@ -35,7 +35,7 @@ from s2s.cluster import init_ray, node_shapes, work_resources
 from s2s.commit import (JOB_FILE, RUN_FILE, STAGING_DIR, SUCCESS_FILE, commit_unit, final_check, now_utc, open_folder, read_marker, remove_success,
                         verify_parts, write_marker, write_success)
 from s2s.engine import choose_providers, library_versions
-from s2s.inputs import JobError, Plan, as_bytes, plan, read_rows, read_texts, texts_digest
+from s2s.inputs import JobError, Plan, plan, read_texts
 from s2s.lease import LEASE_DIR, Fence, Lease, LeaseHeld, LeaseLost
 from s2s.placement import IO_TASK_CPUS, place_actors
 from s2s.progress import Progress, relayed, say
@@ -76,7 +76,8 @@ def run_translate(cfg: TranslateConfig) -> dict:
     model_dir = load_model_dir(cfg.model)  # fails at once, naming the file, before any work starts
     if cfg.device == "cuda" and (cfg.executor == "local" or not os.environ.get("RAY_ADDRESS")):
         choose_providers("cuda")  # the engines will run on this machine: fail now, not inside Ray
-    work = plan(cfg.input, cfg.text_column, cfg.rows_per_shard, cfg.names, cfg.id_column, cfg.reference_column, cfg.allow_duplicate_ids)
+    work = plan(cfg.input, cfg.text_column, cfg.rows_per_shard, cfg.names, cfg.id_column, cfg.reference_column, cfg.allow_duplicate_ids,
+                cfg.target_prefix_column)
     if work.skipped:
         say(f"{cfg.input}: {work.skipped}")
     _check_output(cfg)  # read-only: a folder that is not this job's is never written to, not even a lease
@@ -114,7 +115,8 @@ def _run(cfg: TranslateConfig, lease: Lease, work: Plan, manifest: dict, t0: flo
     remove_success(folder)  # whatever happens next, _SUCCESS no longer speaks for this folder
     names = cfg.names
     settings = {"model": absolute(cfg.model), "text_column": cfg.text_column, "id_column": cfg.id_column, "names": names,
-                "rows_per_shard": cfg.rows_per_shard, "decode": dataclasses.asdict(cfg.decode), "variant": cfg.variant}
+                "rows_per_shard": cfg.rows_per_shard, "decode": dataclasses.asdict(cfg.decode), "variant": cfg.variant,
+                "target_prefix_column": cfg.target_prefix_column}
     job = {"fingerprint": fingerprint({**settings, "model_files": manifest["files"]}), "settings": settings, "names": names,
            "text_column": cfg.text_column, "id_column": cfg.id_column}
     done, previous = _prepare(folder, cfg, work, job)
@@ -244,13 +246,13 @@ def _translate_here(cfg: TranslateConfig, todo: list[dict], folder, job: dict, l
     t_data = time.time()
     try:
         for i, unit in enumerate(todo):
-            texts = as_bytes(read_rows(unit, [cfg.text_column]).column(0))
-            results = translate_here(lambda: load_translator(cfg.model, cfg.decode, cfg.variant, cfg.device, threads), texts.to_pylist(),
-                                     state)
+            read = read_texts(pa.Table.from_pylist([unit]), cfg.text_column, cfg.target_prefix_column).to_pylist()[0]
+            results = translate_here(lambda: load_translator(cfg.model, cfg.decode, cfg.variant, cfg.device, threads), read["texts"],
+                                     state, read.get("prefixes"))
             engine = state["translator"].translator.engine
             lease.check()
-            c = commit_unit(folder, {**unit, "digest": texts_digest(texts), "provider": engine.provider, "variant": engine.variant,
-                                     "node": socket.gethostname()}, results_columns(results, cfg.decode.nbest > 1), job)
+            c = commit_unit(folder, {**unit, "digest": read["digest"], "provider": engine.provider, "variant": engine.variant,
+                                     "node": socket.gethostname()}, results_columns(results, cfg.decode), job)
             rows, errors = rows + c["stats"]["rows"], errors + c["stats"]["errors"]
             progress.update(rows, f"{errors:,} error(s), {i + 1}/{len(todo)} shards", final=i + 1 == len(todo))
             yield c
@@ -267,11 +269,12 @@ def _unit(row: dict) -> dict:
     return {**row, "pin": json.loads(row["pin"]) if isinstance(row["pin"], str) else row["pin"]}
 
 
-def read_texts_task(batch: pa.Table, text_column: str) -> pa.Table:
+def read_texts_task(batch: pa.Table, text_column: str, prefix_column: str | None) -> pa.Table:
     """Ray Data task: `s2s.inputs.read_texts` over units whose pins travel as JSON."""
     units = pa.Table.from_pylist([_unit(r) for r in batch.select(["path", "pin", "start", "stop"]).to_pylist()])
-    read = read_texts(units, text_column)
-    return batch.append_column("texts", read.column("texts")).append_column("digest", read.column("digest"))
+    read = read_texts(units, text_column, prefix_column)
+    out = batch.append_column("texts", read.column("texts")).append_column("digest", read.column("digest"))
+    return out.append_column("prefixes", read.column("prefixes")) if prefix_column else out
 
 
 def commit_task(batch: pa.Table, output: str, fence: Fence, job: dict) -> pa.Table:
@@ -315,7 +318,7 @@ def _translate_on_ray(cfg: TranslateConfig, todo: list[dict], folder, job: dict,
             # paths go to the workers absolute (or as URIs): the workers may run on other nodes
             ds = ray.data.from_items([_ray_row(u) for u in todo], override_num_blocks=len(todo))
             ds = ds.map_batches(read_texts_task, batch_size=None, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
-                                fn_kwargs={"text_column": cfg.text_column})
+                                fn_kwargs={"text_column": cfg.text_column, "prefix_column": cfg.target_prefix_column})
             # A dead actor is replaced and its unit retried: Ray Data's default for actor pools (tests/test_translate_faults.py).
             # one unit per call (a block holds one): the batch size Ray Data requires of actors that ask for GPUs
             ds = ds.map_batches(TranslateBatch, batch_size=1, batch_format="pyarrow", compute=pool,

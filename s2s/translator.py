@@ -7,6 +7,7 @@ below for evaluation, `s2s.engine.OrtEngine` for the translate job. Both share t
 from __future__ import annotations
 
 import unicodedata
+import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -15,7 +16,7 @@ import regex
 import sentencepiece as spm
 
 from s2s.config import DecodeConfig
-from s2s.search import Hypothesis, State, beam_search, greedy_search
+from s2s.search import Constraints, Hypothesis, Sampling, State, beam_search, greedy_search
 from s2s.tokenizer import BOS_ID, EOS_ID, pad_ids
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ class Translation:
     nbest: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
     tokens: list[int] = field(default_factory=list)  # target ids of the best hypothesis
+    token_scores: list[float] | None = None  # with return_token_scores: each of its tokens' log-prob
+    alignment: list[int] | None = None  # with return_alignment: the source position each token attended to most
 
 
 class Engine(Protocol):
@@ -138,31 +141,32 @@ class Translator:
             ids = ids[:limit]
         return ids + [EOS_ID], n, None
 
-    def translate(self, texts: list[Any]) -> list[Translation]:
+    def translate(self, texts: list[Any], prefixes: list[str | None] | None = None) -> list[Translation]:
         """Translate a list of texts; results come back in input order, bad rows with an `error`.
 
-        Identical texts are decoded once. Inputs are sorted by length and cut into sub-batches of at
-        most `max_batch_tokens` padded source tokens.
+        `prefixes` (one per text, or None) force the start of each translation (empty or None: the config's
+        `target_prefix`). Identical (text, prefix) pairs are decoded once. Inputs are sorted by length and cut
+        into sub-batches of at most `max_batch_tokens` padded source tokens.
         """
         results: list[Translation | None] = [None] * len(texts)
-        unique: dict[str, list[int]] = {}  # text -> row positions
+        unique: dict[tuple[str, str], list[int]] = {}  # (text, prefix) -> row positions
         for i, value in enumerate(texts):
             text, err = as_text(value)
             if err:
                 results[i] = Translation(None, None, 0, 0, error=err)
             else:
-                unique.setdefault(text, []).append(i)
+                unique.setdefault((text, (prefixes[i] if prefixes else None) or self.config.target_prefix), []).append(i)
         encoded = []
-        for text, rows in unique.items():
+        for (text, prefix), rows in unique.items():
             ids, n_tokens, err = self.encode_source(text)
             if err:
                 for r in rows:
                     results[r] = Translation(None, None, n_tokens, 0, error=err)
             else:
-                encoded.append((ids, rows))
+                encoded.append((ids, self.tgt_sp.encode(prefix) if prefix else [], rows))
         encoded.sort(key=lambda e: len(e[0]))
         for chunk in self._chunks(encoded):
-            for (ids, rows), t in zip(chunk, self._decode([ids for ids, _ in chunk])):
+            for (ids, _, rows), t in zip(chunk, self._decode([e[0] for e in chunk], [e[1] for e in chunk])):
                 for r in rows:
                     results[r] = t
         return results  # type: ignore[return-value]
@@ -177,18 +181,28 @@ class Translator:
         if chunk:
             yield chunk
 
-    def _decode(self, batch_ids: list[list[int]]) -> list[Translation]:
+    def _decode(self, batch_ids: list[list[int]], prefixes: list[list[int]]) -> list[Translation]:
         cfg = self.config
         src, lens = pad_ids(batch_ids)
         max_len = np.minimum(cfg.max_length_a * lens + cfg.max_length_b, cfg.max_decoding_length).astype(np.int64)
+        max_len = np.maximum(max_len, [len(p) + 1 for p in prefixes])  # room for a forced prefix and one more token
+        forced = prefixes if any(prefixes) else None
         state = self.engine.encode(src, lens)
+        c = Constraints(cfg.no_repeat_ngram_size, cfg.repetition_penalty, cfg.min_decoding_length)
+        details = cfg.return_token_scores or cfg.return_alignment
         if cfg.beam_size == 1:
-            nbests = [[h] for h in greedy_search(self.engine.step, state, len(batch_ids), BOS_ID, EOS_ID, max_len)]
+            sampling = Sampling(cfg.sampling_topk, cfg.sampling_topp, cfg.sampling_temperature)
+            # each sentence's draws seeded by the seed and its own ids: the same in any batch, any order, any run
+            seeds = [[cfg.sampling_seed, zlib.crc32(np.asarray(ids, dtype=np.int64).tobytes())] for ids in batch_ids]
+            nbests = [[h] for h in greedy_search(self.engine.step, state, len(batch_ids), BOS_ID, EOS_ID, max_len, c, sampling, seeds,
+                                                 forced, details)]
         else:
-            nbests = beam_search(self.engine.step, state, len(batch_ids), BOS_ID, EOS_ID, max_len, cfg.beam_size, cfg.length_penalty, cfg.nbest)
+            nbests = beam_search(self.engine.step, state, len(batch_ids), BOS_ID, EOS_ID, max_len, cfg.beam_size, cfg.length_penalty, cfg.nbest,
+                                 c, forced, details)
         out = []
         for src_len, hyps in zip(lens, nbests):
             best: Hypothesis = hyps[0]
             texts = [(self.tgt_sp.decode(h.tokens), h.score) for h in hyps]
-            out.append(Translation(texts[0][0], best.score, int(src_len) - 1, len(best.tokens), texts if cfg.nbest > 1 else [], None, best.tokens))
+            out.append(Translation(texts[0][0], best.score, int(src_len) - 1, len(best.tokens), texts if cfg.nbest > 1 else [], None, best.tokens,
+                                   best.token_scores if cfg.return_token_scores else None, best.alignment if cfg.return_alignment else None))
         return out

@@ -111,3 +111,182 @@ def test_the_search_picks_the_same_whether_the_log_probs_are_numpy_or_a_device_t
         b = beam_search(step, state, batch, BOS_ID, EOS_ID, max_len, beam_size=min(beam, vocab), nbest=1)
         results.append(([(h.tokens, h.score) for h in g], [[(h.tokens, h.score) for h in hs] for hs in b]))
     assert results[0] == results[1]
+
+
+from s2s.search import Constraints  # noqa: E402
+
+
+def _loop_step(prev, state):
+    """A decoder stuck in a loop, as held-out sentences show ("se souvenir de se rappeler..."): after A comes B,
+    after B comes A, EOS always a distant third, a fourth token C always available."""
+    C = 6
+    probs = np.full((len(prev), 8), 1e-3)
+    for i, p in enumerate(prev):
+        probs[i, B if p == A else A] = 0.6
+        probs[i, A if p == A else B] = 0.2
+        probs[i, C] = 0.1
+        probs[i, EOS_ID] = 0.05
+    probs /= probs.sum(1, keepdims=True)
+    return np.log(probs), state
+
+
+def _ngrams(tokens, n):
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def test_no_repeat_ngram_size_breaks_the_loop_and_repetition_penalty_discourages_it():
+    state, max_len = {"x": np.zeros(1)}, np.array([12])
+    looped = greedy_search(_loop_step, state, 1, BOS_ID, EOS_ID, max_len)[0].tokens
+    assert looped == [A, B] * 6  # the loop, to the length bound
+    for search in (lambda c: greedy_search(_loop_step, state, 1, BOS_ID, EOS_ID, max_len, c)[0],
+                   lambda c: beam_search(_loop_step, state, 1, BOS_ID, EOS_ID, max_len, 3, constraints=c)[0][0]):
+        free = search(Constraints(no_repeat_ngram_size=2)).tokens
+        assert len(set(_ngrams(free, 2))) == len(_ngrams(free, 2)) and len(free) < 12, free
+        penalized = search(Constraints(repetition_penalty=5.0)).tokens
+        assert penalized[:2] == [A, B] and penalized.count(A) + penalized.count(B) < 12, penalized
+
+
+def test_min_decoding_length_holds_off_eos():
+    def eager_to_end(prev, state):
+        probs = np.full((len(prev), 6), 0.02)
+        probs[:, EOS_ID] = 0.9
+        return np.log(probs / probs.sum(1, keepdims=True)), state
+
+    state = {"x": np.zeros(2)}
+    assert greedy_search(eager_to_end, state, 2, BOS_ID, EOS_ID, np.array([20, 20]))[0].tokens == []
+    for hyp in greedy_search(eager_to_end, state, 2, BOS_ID, EOS_ID, np.array([20, 3]), Constraints(min_decoding_length=5)):
+        assert len(hyp.tokens) in (5, 3)  # 5, or the length bound where that comes first
+    (best,), _ = beam_search(eager_to_end, state, 2, BOS_ID, EOS_ID, np.array([20, 20]), 2, constraints=Constraints(min_decoding_length=4))
+    assert len(best.tokens) == 4
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 4), vocab=st.integers(5, 12), beam=st.integers(1, 4),
+       ngram=st.integers(0, 3), penalty=st.sampled_from([1.0, 1.5, 3.0]), min_len=st.integers(0, 6), as_tensor=st.booleans())
+def test_constraints_hold_for_any_decoder(seed, batch, vocab, beam, ngram, penalty, min_len, as_tensor):
+    """Whatever the decoder's log-probs: no output holds an n-gram twice; none ends before min_decoding_length unless
+    its length bound or a dead end (every token banned) comes first; numpy and device tensors give the same."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(batch, 7, vocab, vocab)).astype(np.float32) * 2
+    table = (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)
+    max_len = rng.integers(1, 10, batch)
+    c = Constraints(no_repeat_ngram_size=ngram, repetition_penalty=penalty, min_decoding_length=min_len)
+    outs = {}
+    for tensor in {False, as_tensor}:
+        state = {"sentence": np.arange(batch), "t": np.zeros(batch, dtype=np.int64)}
+        step = _table_step(table, tensor)
+        g = greedy_search(step, state, batch, BOS_ID, EOS_ID, max_len, c)
+        b = beam_search(step, state, batch, BOS_ID, EOS_ID, max_len, beam_size=min(beam, vocab), constraints=c)
+        outs[tensor] = ([(h.tokens, round(h.score, 4)) for h in g], [[(h.tokens, round(h.score, 4)) for h in hs] for hs in b])
+        for i, h in enumerate(g + [hs[0] for hs in b]):
+            if ngram:
+                assert len(set(_ngrams(h.tokens, ngram))) == len(_ngrams(h.tokens, ngram)), (h.tokens, ngram)
+            assert np.isfinite(h.score)
+            if not ngram:  # with no bans but EOS's, a row is never stuck
+                assert len(h.tokens) >= min(min_len, max_len[i % batch]), (h.tokens, min_len, max_len)
+    assert outs[False] == outs[as_tensor]
+
+
+from s2s.search import Sampling  # noqa: E402
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 5), vocab=st.integers(5, 30), topk=st.integers(0, 4),
+       topp=st.sampled_from([1.0, 0.9, 0.5, 0.05]), temperature=st.sampled_from([0.5, 1.0, 2.0]), as_tensor=st.booleans())
+def test_sampling_stays_within_topk_and_topp_and_a_seed_reproduces_it(seed, batch, vocab, topk, topp, temperature, as_tensor):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(batch, 7, vocab, vocab)).astype(np.float32) * 2
+    table = (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)
+    max_len = np.full(batch, 8)
+    s = Sampling(topk=topk, topp=topp, temperature=temperature)
+    seeds = [[seed % 1000, row] for row in range(batch)]
+
+    def run(rows):
+        picked = []
+
+        def step(prev, state):  # records, for each row and step, the tokens the filters allow
+            lp, new = _table_step(table, as_tensor)(prev, state)
+            probs = np.exp(table[state["sentence"], state["t"] % 7, prev % vocab].astype(np.float64) / temperature)
+            probs /= probs.sum(1, keepdims=True)
+            for r, p in zip(state["sentence"], probs):
+                order = np.argsort(-p, kind="stable")
+                n = len(order) if topk == 0 else min(topk, len(order))
+                mass = np.cumsum(p[order[:n]] / p[order[:n]].sum())
+                allowed = order[: max(1, int(np.searchsorted(mass, topp - 1e-9) + 1))] if topp < 1 else order[:n]
+                picked.append((int(r), set(allowed.tolist())))
+            return lp, new
+
+        state = {"sentence": np.asarray(rows), "t": np.zeros(len(rows), dtype=np.int64)}
+        hyps = greedy_search(step, state, len(rows), BOS_ID, EOS_ID, max_len[: len(rows)], sampling=s, seeds=[seeds[r] for r in rows])
+        return hyps, picked
+
+    hyps, picked = run(list(range(batch)))
+    steps = {}
+    for r, allowed in picked:
+        steps.setdefault(r, []).append(allowed)
+    for r, h in enumerate(hyps):
+        for t, tok in enumerate(h.tokens):
+            assert tok in steps[r][t], (r, t, tok, steps[r][t])
+        assert np.isfinite(h.score)
+    # a row's sample depends on its seed only: alone, or with the others in reverse order, it is the same
+    again, _ = run(list(range(batch))[::-1])
+    assert [h.tokens for h in again[::-1]] == [h.tokens for h in hyps]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 4), vocab=st.integers(6, 20), beam=st.integers(1, 4),
+       ngram=st.integers(0, 2), as_tensor=st.booleans(), data=st.data())
+def test_a_target_prefix_starts_every_hypothesis(seed, batch, vocab, beam, ngram, as_tensor, data):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(batch, 7, vocab, vocab)).astype(np.float32) * 2
+    table = (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)
+    prefixes = [data.draw(st.lists(st.integers(4, vocab - 1), max_size=3)) for _ in range(batch)]
+    max_len = np.asarray([len(p) + 1 + int(rng.integers(0, 4)) for p in prefixes])
+    state = {"sentence": np.arange(batch), "t": np.zeros(batch, dtype=np.int64)}
+    step = _table_step(table, as_tensor)
+    c = Constraints(no_repeat_ngram_size=ngram)
+    greedy = greedy_search(step, state, batch, BOS_ID, EOS_ID, max_len, c, prefixes=prefixes)
+    beams = beam_search(step, state, batch, BOS_ID, EOS_ID, max_len, beam_size=min(beam, vocab), nbest=1, constraints=c, prefixes=prefixes)
+    for p, g, (b,) in zip(prefixes, greedy, beams):
+        assert g.tokens[: len(p)] == p and b.tokens[: len(p)] == p, (p, g.tokens, b.tokens)
+        assert np.isfinite(g.score) and np.isfinite(b.score)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 4), vocab=st.integers(5, 20), beam=st.integers(1, 4),
+       as_tensor=st.booleans())
+def test_token_scores_and_alignment_come_with_each_hypothesis_and_change_nothing_else(seed, batch, vocab, beam, as_tensor):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(batch, 7, vocab, vocab)).astype(np.float32) * 2
+    table = (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)
+    attention = rng.random((batch, 7, vocab, 6)).astype(np.float32)  # (sentence, step, previous token) -> over 6 source positions
+    max_len = rng.integers(1, 9, batch)
+
+    def step(prev, state):
+        lp, new = _table_step(table, as_tensor)(prev, state)
+        att = attention[state["sentence"], state["t"] % 7, prev % vocab]
+        return lp, {**new, "attention": torch.from_numpy(att.copy()) if as_tensor else att, "prev": prev.copy(),
+                    "was_t": state["t"].copy()}
+
+    def run(details):
+        state = {"sentence": np.arange(batch), "t": np.zeros(batch, dtype=np.int64)}
+        return (greedy_search(step, state, batch, BOS_ID, EOS_ID, max_len, details=details),
+                beam_search(step, state, batch, BOS_ID, EOS_ID, max_len, beam_size=min(beam, vocab), nbest=min(beam, vocab), details=details))
+
+    plain, full = run(False), run(True)
+    assert [(h.tokens, h.score) for h in plain[0]] == [(h.tokens, h.score) for h in full[0]]
+    assert [[(h.tokens, h.score) for h in hs] for hs in plain[1]] == [[(h.tokens, h.score) for h in hs] for hs in full[1]]
+    for b, (g, hs) in enumerate(zip(full[0], full[1])):
+        for h in [g, *hs]:
+            assert len(h.token_scores) == len(h.alignment) == len(h.tokens)
+            assert all(0 <= a < 6 for a in h.alignment)
+            # the tokens' own log-probs add up to the score, less the EOS step's where the output ended with one
+            assert sum(h.token_scores) >= h.score - 1e-6
+        # each path can be replayed (a step depends on the sentence, the step and the previous token only): every
+        # token's log-prob and alignment are those of the step that chose it, greedy and every beam hypothesis
+        for h in [g, *hs]:
+            prev = BOS_ID
+            for t, (tok, lp, al) in enumerate(zip(h.tokens, h.token_scores, h.alignment)):
+                assert np.isclose(lp, table[b, t % 7, prev % vocab, tok])
+                assert al == int(attention[b, t % 7, prev % vocab].argmax())
+                prev = tok

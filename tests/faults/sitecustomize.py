@@ -34,7 +34,7 @@ def _first(marker: str) -> bool:
 def _patch_translator(module, kind, arg) -> None:
     original = module.Translator.translate
 
-    def translate(self, texts):
+    def translate(self, texts, prefixes=None):
         if kind == "slow":
             time.sleep(float(arg))
         if kind == "die_once" and _first(arg):
@@ -49,7 +49,7 @@ def _patch_translator(module, kind, arg) -> None:
                 out.append(module.Translation(None, None, 0, 0, error=error) if error else
                            module.Translation("T:" + text, -1.0, len(text), len(text) + 2))
             return out
-        return original(self, texts)
+        return original(self, texts, prefixes)
 
     module.Translator.translate = translate
 
