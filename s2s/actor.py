@@ -218,5 +218,7 @@ def results_columns(results: list[Translation], decode) -> dict[str, list]:
         out["token_scores"] = [r.token_scores for r in results]
     if decode.return_alignment:
         out["alignment"] = [r.alignment for r in results]
+    if decode.check_rows:
+        out["flags"], out["first_flags"] = [r.flags for r in results], [r.first_flags for r in results]
     return out
 

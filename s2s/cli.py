@@ -87,6 +87,7 @@ def evaluate(
     sampling_temperature: Annotated[float, typer.Option(help="... after dividing the log-probs by this.")] = EVALUATE_DECODE.sampling_temperature,
     sampling_seed: Annotated[int, typer.Option(help="Seeds the draws, with each sentence's own text: the same seed gives the same sample.")] = EVALUATE_DECODE.sampling_seed,
     target_prefix: Annotated[str, typer.Option(help="Every translation starts with this text (forced).")] = EVALUATE_DECODE.target_prefix,
+    check_rows: Annotated[bool, typer.Option(help="Check each translation (copy, unknown pieces, a loop, a length far outside the training data's) and decode a flagged one once more with a remedy.")] = EVALUATE_DECODE.check_rows,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     samples: Annotated[int, typer.Option(help="Sample translations to show.")] = 5,
     attention: Annotated[int, typer.Option(help="Draw attention maps of this many samples into RUN_DIR/attention/.")] = 0,
@@ -98,7 +99,8 @@ def evaluate(
         decode = DecodeConfig(beam_size=beam_size, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                               repetition_penalty=repetition_penalty, min_decoding_length=min_decoding_length, max_length_a=max_length_a,
                               max_length_b=max_length_b, sampling_topk=sampling_topk, sampling_topp=sampling_topp,
-                              sampling_temperature=sampling_temperature, sampling_seed=sampling_seed, target_prefix=target_prefix)
+                              sampling_temperature=sampling_temperature, sampling_seed=sampling_seed, target_prefix=target_prefix,
+                              check_rows=check_rows)
         result = evaluate_run(run_dir, split, decode, checkpoint, samples, attention)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
@@ -178,6 +180,7 @@ def translate(
     sampling_temperature: Annotated[float, typer.Option(help="... after dividing the log-probs by this.")] = TRANSLATE.decode.sampling_temperature,
     sampling_seed: Annotated[int, typer.Option(help="Seeds the draws, with each sentence's own text: the same seed gives the same sample.")] = TRANSLATE.decode.sampling_seed,
     target_prefix: Annotated[str, typer.Option(help="Every translation starts with this text (forced).")] = TRANSLATE.decode.target_prefix,
+    check_rows: Annotated[bool, typer.Option(help="Check each translation (copy, unknown pieces, a loop, a length far outside the training data's) and decode a flagged one once more with a remedy.")] = TRANSLATE.decode.check_rows,
     return_token_scores: Annotated[bool, typer.Option(help="Add a token_scores column: each output subword's log-prob.")] = TRANSLATE.decode.return_token_scores,
     return_alignment: Annotated[bool, typer.Option(help="Add an alignment column: for each output subword, the position of the source subword it attended to most.")] = TRANSLATE.decode.return_alignment,
     use_vmap: Annotated[bool, typer.Option(help="Project each step onto the vocabulary-map shortlist (fp32: faster; int8: slower here).")] = TRANSLATE.decode.use_vmap,
@@ -217,7 +220,7 @@ def translate(
                               use_vmap=use_vmap, no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
                               min_decoding_length=min_decoding_length, max_length_a=max_length_a, max_length_b=max_length_b,
                               sampling_topk=sampling_topk, sampling_topp=sampling_topp, sampling_temperature=sampling_temperature,
-                              sampling_seed=sampling_seed, target_prefix=target_prefix, return_token_scores=return_token_scores,
+                              sampling_seed=sampling_seed, target_prefix=target_prefix, check_rows=check_rows, return_token_scores=return_token_scores,
                               return_alignment=return_alignment)
         if text_mode:
             if target_prefix_column:

@@ -168,6 +168,9 @@ class DecodeConfig:
     target_prefix: str = ""  # every translation starts with this text (a row's own prefix, where it has one, wins)
     return_token_scores: bool = False  # each output subword's log-prob, as a column
     return_alignment: bool = False  # for each output subword, the source subword it attended to most, as a column
+    # each row checked before it is written (s2s.quality.row_flags) and, where flagged, decoded once more with a
+    # remedy (s2s.translator.remedy); `flags` and `first_flags` columns say what was found after and before
+    check_rows: bool = True
 
     def __post_init__(self) -> None:
         if self.sampling_topk < 0 or not 0 < self.sampling_topp <= 1 or self.sampling_temperature <= 0:
@@ -234,4 +237,4 @@ class TranslateConfig:
         from s2s.inputs import result_names
 
         return result_names(self.result_prefix, self.decode.nbest > 1, self.id_column, self.decode.return_token_scores,
-                            self.decode.return_alignment)
+                            self.decode.return_alignment, self.decode.check_rows)

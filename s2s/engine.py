@@ -346,4 +346,5 @@ def load_translator(path: str | Path, decode: DecodeConfig | None = None, varian
     limits = model_dir.manifest.get("limits", {})
     decode = decode or DecodeConfig(max_input_tokens=limits.get("max_input_tokens", 250))
     engine = OrtEngine(model_dir, variant, device, threads, io_binding, decode.use_vmap)
-    return Translator(engine, load_sentencepiece(model_dir.file("src.model")), load_sentencepiece(model_dir.file("tgt.model")), decode)
+    return Translator(engine, load_sentencepiece(model_dir.file("src.model")), load_sentencepiece(model_dir.file("tgt.model")), decode,
+                      model_dir.manifest.get("length_ratio"))

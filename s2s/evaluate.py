@@ -13,7 +13,8 @@ import torch
 
 from s2s.config import ModelConfig
 from s2s.model import Seq2Seq
-from s2s.quality import corpus_scores
+from s2s.quality import corpus_scores, training_length_ratio
+from s2s.status import flag_counts
 from s2s.tokenizer import load_sentencepiece
 from s2s.config import DecodeConfig
 from s2s.translator import TorchEngine, Translator
@@ -45,7 +46,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", decode: DecodeConfig 
     decode = decode or DecodeConfig()
     model, ckpt = load_model(checkpoint_file(run_dir, checkpoint, run))
     rows = pq.read_table(run / "data" / f"{split}.parquet").to_pylist()
-    translator = Translator(TorchEngine(model), load_sentencepiece(run / "src.model"), load_sentencepiece(run / "tgt.model"), decode)
+    translator = Translator(TorchEngine(model), load_sentencepiece(run / "src.model"), load_sentencepiece(run / "tgt.model"), decode,
+                            training_length_ratio(run / "data" / "train.parquet"))
     t0 = time.time()
     out = translator.translate([r["src"] for r in rows])
     seconds = time.time() - t0
@@ -55,6 +57,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", decode: DecodeConfig 
         **corpus_scores(hyps, [r["refs"] for r in rows]),
         "beam_size": decode.beam_size, "length_penalty": decode.length_penalty,
         "decode": {k: v for k, v in dataclasses.asdict(decode).items() if v != getattr(DecodeConfig(), k) or k == "beam_size"},
+        "row_flags": {"before_remedy": flag_counts([t.first_flags for t in out]), "after_remedy": flag_counts([t.flags for t in out])},
         "sentences_per_s": round(len(rows) / seconds, 1), "epoch": ckpt.get("state", {}).get("epoch"), "step": ckpt.get("state", {}).get("step"),
     }
     picked = list(range(0, len(rows), max(1, len(rows) // max(samples, 1))))[: max(samples, attention)]

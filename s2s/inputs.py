@@ -33,8 +33,9 @@ from s2s.storage import InputChanged, check_pinned, file_identity, filesystem, i
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 RESULT_TYPES = {"translation": pa.string(), "score": pa.float64(), "src_tokens": pa.int32(), "tgt_tokens": pa.int32(),
                 "error": pa.string(), "nbest": pa.list_(pa.struct([("translation", pa.string()), ("score", pa.float64())])),
-                "token_scores": pa.list_(pa.float32()), "alignment": pa.list_(pa.int32())}
-OPTIONAL_RESULTS = ("nbest", "token_scores", "alignment")  # written only when asked for
+                "token_scores": pa.list_(pa.float32()), "alignment": pa.list_(pa.int32()),
+                "flags": pa.list_(pa.string()), "first_flags": pa.list_(pa.string())}
+OPTIONAL_RESULTS = ("nbest", "token_scores", "alignment", "flags", "first_flags")  # written only when asked for
 TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
 
 
@@ -47,9 +48,10 @@ def part_name(path: str, start: int) -> str:
     return f"part-{hashlib.sha1(path.encode()).hexdigest()[:12]}-{start:010d}.parquet"
 
 
-def result_names(prefix: str, nbest: bool, id_column: str | None, token_scores: bool = False, alignment: bool = False) -> dict[str, str]:
+def result_names(prefix: str, nbest: bool, id_column: str | None, token_scores: bool = False, alignment: bool = False,
+                 flags: bool = False) -> dict[str, str]:
     """{result: the column it is written to}: the results under `prefix`, and `row_id` where no id column is given."""
-    asked = {"nbest": nbest, "token_scores": token_scores, "alignment": alignment}
+    asked = {"nbest": nbest, "token_scores": token_scores, "alignment": alignment, "flags": flags, "first_flags": flags}
     names = {k: prefix + k for k in RESULT_TYPES if k not in OPTIONAL_RESULTS or asked[k]}
     if not id_column:
         names["row_id"] = "row_id"

@@ -8,6 +8,7 @@ stuck repeating itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sacrebleu
@@ -34,6 +35,43 @@ def as_references(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     return [v for v in value if isinstance(v, str)]
+
+
+# Per-row flags: the same signals, judged row by row before the row is written (s2s.translator re-decodes a
+# flagged row once with the remedy REMEDIES names). The length bounds come from the training data (export
+# records the ratio of target to source subwords that holds for all but the outer 0.5% of each side).
+FLAGS = ("copy", "unknown", "repeat", "too_long", "too_short")
+LENGTH_SLACK = 2  # subwords either side of the ratio's bounds, so that short sentences are not flagged for one token
+
+
+def row_flags(source: str, translation: str, src_tokens: int, tgt_tokens: int, length_ratio: dict | None) -> list[str]:
+    """What looks wrong with one translation, without a reference (FLAGS, in that order)."""
+    flags = []
+    if translation.strip() and source.strip().casefold() == translation.strip().casefold():
+        flags.append("copy")
+    if UNKNOWN_PIECE in translation:
+        flags.append("unknown")
+    if has_repeated_ngram(translation):
+        flags.append("repeat")
+    if length_ratio:
+        if tgt_tokens > length_ratio["high"] * src_tokens + LENGTH_SLACK:
+            flags.append("too_long")
+        elif tgt_tokens < length_ratio["low"] * src_tokens - LENGTH_SLACK:
+            flags.append("too_short")
+    return flags
+
+
+def training_length_ratio(train_parquet: Path, outer: float = 0.005) -> dict:
+    """Target/source subwords over the training pairs, the outer `outer` of each side cut off: the bounds the
+    translator's length flags hold a translation to (s2s.quality.row_flags)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(train_parquet, columns=["src_ids", "tgt_ids"])
+    src = np.array([len(x) - 1 for x in t.column("src_ids").to_pylist()])  # EOS
+    tgt = np.array([len(x) - 2 for x in t.column("tgt_ids").to_pylist()])  # BOS, EOS
+    ratio = tgt / np.maximum(src, 1)
+    return {"low": round(float(np.quantile(ratio, outer)), 4), "high": round(float(np.quantile(ratio, 1 - outer)), 4), "outer": outer}
 
 
 COUNT_FIELDS = ("rows", "src_tokens", "tgt_tokens", "copies", "unknown", "repeated")

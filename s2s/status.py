@@ -43,9 +43,22 @@ def part_counts(rows: pa.Table, text_column: str, names: dict[str, str]) -> dict
     for source, translation, src_tokens, tgt_tokens in zip(*(ok.column(c).to_pylist() for c in
                                                              (text_column, names["translation"], names["src_tokens"], names["tgt_tokens"]))):
         quality.add(_text(source), translation, src_tokens, tgt_tokens)
-    return {"rows": rows.num_rows, "errors": sum(e is not None for e in errors), "error_kinds": error_kinds(errors),
-            "src_tokens": int(pc.sum(rows.column(names["src_tokens"])).as_py() or 0),
-            "tgt_tokens": int(pc.sum(rows.column(names["tgt_tokens"])).as_py() or 0), "quality": quality.counts()}
+    counts = {"rows": rows.num_rows, "errors": sum(e is not None for e in errors), "error_kinds": error_kinds(errors),
+              "src_tokens": int(pc.sum(rows.column(names["src_tokens"])).as_py() or 0),
+              "tgt_tokens": int(pc.sum(rows.column(names["tgt_tokens"])).as_py() or 0), "quality": quality.counts()}
+    if "flags" in names:  # rows checked before they were written: each flag, before and after the remedy
+        counts["row_flags"] = {when: flag_counts(rows.column(names[key]).to_pylist())
+                               for when, key in (("before_remedy", "first_flags"), ("after_remedy", "flags"))}
+    return counts
+
+
+def flag_counts(cells: list) -> dict[str, int]:
+    """Rows per flag (a row counts once per flag it has)."""
+    out: dict[str, int] = {}
+    for flags in cells:
+        for f in flags or []:
+            out[f] = out.get(f, 0) + 1
+    return out
 
 
 def outcome(complete: bool, rows: int, errors: int, max_error_rate: float) -> dict:
@@ -60,8 +73,13 @@ def summarize(parts: dict[str, dict], fresh: set[str], units: list[dict], comple
     """Counts over every verified part (earlier runs' included); speed over the parts this run wrote."""
     rows = errors = src_tokens = tgt_tokens = repaired = 0
     kinds: dict[str, int] = {}
+    flagged: dict[str, dict[str, int]] = {}
     quality = references or QualityCounts()
     for stats in parts.values():
+        for when, counts in stats.get("row_flags", {}).items():
+            into = flagged.setdefault(when, {})
+            for f, n in counts.items():
+                into[f] = into.get(f, 0) + n
         rows, errors = rows + stats["rows"], errors + stats["errors"]
         src_tokens, tgt_tokens = src_tokens + stats["src_tokens"], tgt_tokens + stats["tgt_tokens"]
         quality.add_counts(stats["quality"])
@@ -83,6 +101,7 @@ def summarize(parts: dict[str, dict], fresh: set[str], units: list[dict], comple
         # which engine wrote each part of this run: provider, variant, node and GPUs (Ray's ids; "" on CPUs)
         "part_engines": {n: {k: parts[n].get(k, "") for k in ("provider", "variant", "node", "gpus")} for n in sorted(fresh) if n in parts},
         "quality": quality.signals(),
+        "row_flags": flagged,  # rows per flag before and after the remedy (s2s.quality.row_flags), where rows were checked
     }
 
 

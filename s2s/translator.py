@@ -6,6 +6,8 @@ below for evaluation, `s2s.engine.OrtEngine` for the translate job. Both share t
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import unicodedata
 import zlib
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ import regex
 import sentencepiece as spm
 
 from s2s.config import DecodeConfig
+from s2s.quality import LENGTH_SLACK, row_flags
 from s2s.search import Constraints, Hypothesis, Sampling, State, beam_search, greedy_search
 from s2s.tokenizer import BOS_ID, EOS_ID, pad_ids
 
@@ -34,6 +37,8 @@ class Translation:
     tokens: list[int] = field(default_factory=list)  # target ids of the best hypothesis
     token_scores: list[float] | None = None  # with return_token_scores: each of its tokens' log-prob
     alignment: list[int] | None = None  # with return_alignment: the source position each token attended to most
+    flags: list[str] | None = None  # with check_rows: what s2s.quality.row_flags finds in the translation written
+    first_flags: list[str] | None = None  # ... and in the first one, before the remedy
 
 
 class Engine(Protocol):
@@ -115,9 +120,26 @@ def as_text(value: Any) -> tuple[str | None, str | None]:
     return visible, None
 
 
+def remedy(cfg: DecodeConfig, flags: list[str], src_tokens: int, length_ratio: dict | None) -> DecodeConfig | None:
+    """The decode settings for a second try at a flagged row, or None where no setting helps (a copy, unknown
+    pieces): a loop or an overlong output gets no_repeat_ngram_size 3 (and, overlong, the training data's
+    length bound); a short one a minimum length from the same data."""
+    changes: dict[str, Any] = {}
+    if "repeat" in flags or "too_long" in flags:
+        changes["no_repeat_ngram_size"] = cfg.no_repeat_ngram_size or 3
+    if "too_long" in flags and length_ratio:
+        changes["max_length_a"], changes["max_length_b"] = length_ratio["high"], LENGTH_SLACK
+    if "too_short" in flags and length_ratio:
+        changes["min_decoding_length"] = min(cfg.max_decoding_length, max(1, math.ceil(length_ratio["low"] * src_tokens - LENGTH_SLACK)))
+    return dataclasses.replace(cfg, **changes) if changes else None
+
+
 class Translator:
-    def __init__(self, engine: Engine, src_sp: spm.SentencePieceProcessor, tgt_sp: spm.SentencePieceProcessor, config: DecodeConfig = DecodeConfig()):
-        self.engine, self.src_sp, self.tgt_sp, self.config = engine, src_sp, tgt_sp, config
+    def __init__(self, engine: Engine, src_sp: spm.SentencePieceProcessor, tgt_sp: spm.SentencePieceProcessor, config: DecodeConfig = DecodeConfig(),
+                 length_ratio: dict | None = None):
+        """`length_ratio`: the training data's bounds on target/source subwords (the model directory's manifest), for
+        the length flags; without it rows are checked for copies, unknown pieces and loops only."""
+        self.engine, self.src_sp, self.tgt_sp, self.config, self.length_ratio = engine, src_sp, tgt_sp, config, length_ratio
         # the most characters one source piece covers ("\u2581" stands for the space before a word)
         self.max_piece_chars = max(len(src_sp.id_to_piece(i)) for i in range(src_sp.get_piece_size()) if not src_sp.is_unknown(i)
                                    and not src_sp.is_control(i) and not src_sp.is_byte(i))
@@ -163,13 +185,30 @@ class Translator:
                 for r in rows:
                     results[r] = Translation(None, None, n_tokens, 0, error=err)
             else:
-                encoded.append((ids, self.tgt_sp.encode(prefix) if prefix else [], rows))
+                encoded.append((ids, self.tgt_sp.encode(prefix) if prefix else [], rows, text))
         encoded.sort(key=lambda e: len(e[0]))
         for chunk in self._chunks(encoded):
-            for (ids, _, rows), t in zip(chunk, self._decode([e[0] for e in chunk], [e[1] for e in chunk])):
+            for (ids, prefix, rows, text), t in zip(chunk, self._decode([e[0] for e in chunk], [e[1] for e in chunk], self.config)):
+                if self.config.check_rows:
+                    t = self._check(text, ids, prefix, t)
                 for r in rows:
                     results[r] = t
         return results  # type: ignore[return-value]
+
+    def _check(self, text: str, ids: list[int], prefix: list[int], t: Translation) -> Translation:
+        """Flag the translation; where a remedy applies, decode the row once more with it and keep that result
+        unless it is flagged worse (more flags)."""
+        first = row_flags(text, t.translation or "", t.src_tokens, t.tgt_tokens, self.length_ratio)
+        t.flags, t.first_flags = first, first
+        cfg = remedy(self.config, first, t.src_tokens, self.length_ratio) if first else None
+        if cfg is None:
+            return t
+        (again,) = self._decode([ids], [prefix], cfg)
+        final = row_flags(text, again.translation or "", again.src_tokens, again.tgt_tokens, self.length_ratio)
+        if len(final) > len(first):
+            return t
+        again.flags, again.first_flags = final, first
+        return again
 
     def _chunks(self, encoded: list):
         chunk: list = []
@@ -181,8 +220,7 @@ class Translator:
         if chunk:
             yield chunk
 
-    def _decode(self, batch_ids: list[list[int]], prefixes: list[list[int]]) -> list[Translation]:
-        cfg = self.config
+    def _decode(self, batch_ids: list[list[int]], prefixes: list[list[int]], cfg: DecodeConfig) -> list[Translation]:
         src, lens = pad_ids(batch_ids)
         max_len = np.minimum(cfg.max_length_a * lens + cfg.max_length_b, cfg.max_decoding_length).astype(np.int64)
         max_len = np.maximum(max_len, [len(p) + 1 for p in prefixes])  # room for a forced prefix and one more token

@@ -22,7 +22,7 @@ def sentences(tiny_run):
 def _tokens(model_dir, sentences, **controls):
     out = {}
     for beam in (1, 4):
-        cfg = DecodeConfig(beam_size=beam, max_decoding_length=40, **controls)
+        cfg = DecodeConfig(beam_size=beam, max_decoding_length=40, check_rows=False, **controls)  # the controls alone, no remedy
         out[beam] = [t.tokens for t in load_translator(model_dir, cfg, variant="fp32").translate(sentences)]
     return out
 
@@ -150,3 +150,50 @@ def test_token_scores_and_alignment_columns(tiny_model_dir, sentences, tmp_path)
     refused = subprocess.run([sys.executable, "-m", "s2s.cli", "translate", "-", "--model", str(tiny_model_dir), "--return-alignment"],
                              input="Hello.\n", capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "need a Parquet input" in refused.stderr
+
+
+def test_row_flags_and_their_remedies():
+    from s2s.quality import row_flags
+    from s2s.translator import remedy
+
+    ratio = {"low": 0.5, "high": 2.0}
+    assert row_flags("I like cats.", "i like cats. ", 4, 4, ratio) == ["copy"]
+    assert row_flags("x", "a \u2047 b", 1, 3, ratio) == ["unknown"]
+    assert row_flags("x", "de se rappeler de se rappeler de se rappeler", 10, 10, ratio) == ["repeat"]
+    assert row_flags("x", "y", 10, 23, ratio) == ["too_long"] and row_flags("x", "y", 10, 2, ratio) == ["too_short"]
+    assert row_flags("x", "y", 10, 22, ratio) == [] and row_flags("x", "y", 10, 3, ratio) == []  # within the slack
+    assert row_flags("x", "y", 10, 2, None) == []  # no bounds known: no length flags
+    cfg = DecodeConfig()
+    assert remedy(cfg, ["repeat"], 10, ratio).no_repeat_ngram_size == 3
+    long = remedy(cfg, ["too_long"], 10, ratio)
+    assert (long.max_length_a, long.max_length_b, long.no_repeat_ngram_size) == (2.0, 2, 3)
+    assert remedy(cfg, ["too_short"], 10, ratio).min_decoding_length == 3
+    assert remedy(cfg, ["copy"], 10, ratio) is None and remedy(cfg, ["unknown"], 10, ratio) is None
+
+
+def test_flagged_rows_are_decoded_again_and_the_run_counts_flags_before_and_after(tiny_model_dir, sentences, tmp_path):
+    """The tiny model stops after two subwords: its outputs are far shorter than the training data's ratio
+    allows, so most are flagged too_short; the remedy (a minimum length from that ratio) clears most of them."""
+    manifest = json.loads((tiny_model_dir / "manifest.json").read_text())
+    assert 0 < manifest["length_ratio"]["low"] < 1 < manifest["length_ratio"]["high"]
+    checked = load_translator(tiny_model_dir, DecodeConfig(max_decoding_length=40)).translate(sentences)
+    first = sum("too_short" in t.first_flags for t in checked)
+    assert first > len(sentences) // 2
+    assert sum("too_short" in t.flags for t in checked) < first
+    assert all(len(t.flags) <= len(t.first_flags) for t in checked)
+    plain = load_translator(tiny_model_dir, DecodeConfig(max_decoding_length=40, check_rows=False)).translate(sentences)
+    assert all(t.flags is None for t in plain)
+    remedied = [(c, p) for c, p in zip(checked, plain) if c.flags != c.first_flags]
+    assert remedied and all(len(c.tokens) > len(p.tokens) for c, p in remedied)
+    # the Ray job writes both columns and counts each flag before and after in _run.json
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": sentences[:30]}), src)
+    done = subprocess.run([sys.executable, "-m", "s2s.cli", "translate", str(src), "--output", str(tmp_path / "out"), "--model",
+                           str(tiny_model_dir), "--max-decoding-length", "40"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = json.loads((tmp_path / "out" / "_run.json").read_text())
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    for when, column in (("before_remedy", "first_flags"), ("after_remedy", "flags")):
+        assert run["row_flags"][when] == {f: n for f in ("copy", "unknown", "repeat", "too_long", "too_short")
+                                          if (n := sum(f in r[column] for r in rows))}
+    assert run["row_flags"]["after_remedy"].get("too_short", 0) < run["row_flags"]["before_remedy"]["too_short"]

@@ -23,7 +23,7 @@ import torch
 
 from s2s.config import ExportConfig
 from s2s.evaluate import load_model
-from s2s.quality import corpus_scores
+from s2s.quality import corpus_scores, training_length_ratio
 from s2s.export.graphs import DECODER_STATE, DECODER_STEP, ENCODER, DecoderState, DecoderStep, Encoder, example_inputs, export_graph
 from s2s.export.parity import parity_gate
 from s2s.export.vmap import VMAP_FILE, build_vmap
@@ -180,6 +180,7 @@ def build(loaded: Loaded, tmp: Path, run_dir: str | Path, cfg: ExportConfig) -> 
         "variants": {"fp32": {"encoder": ENCODER.file, "decoder_step": DECODER_STEP.file}},
         "default_cpu_variant": "fp32",
     }
+    manifest["length_ratio"] = training_length_ratio(run / "data" / "train.parquet")
     manifest["reference"] = record_reference(TorchEngine(model), loaded.sources[: cfg.reference_sentences], tmp / REFERENCE_FILE)
     if cfg.vmap:
         vmap = build_vmap(run / "data" / "train.parquet", model.cfg.src_vocab_size, model.cfg.tgt_vocab_size, cfg.vmap_per_source,
