@@ -55,3 +55,14 @@ def test_run_py_every_section_on_the_tiny_model(tiny_run, tiny_model_dir, tmp_pa
     assert sections == {"decode", "int8", "pipeline", "actors", "training", "scale", "limit", "padding"}, sections
     training = next(r for r in rows if r["section"] == "training")
     assert training["a"] > 0 and training["b"] > 0, training
+
+
+def test_row_checks_runs_both_sides_and_reports_flags_and_bleu(tiny_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "passes.json"
+    log = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "row_checks.py"), "--model", str(tiny_model_dir), "--run", str(tiny_run),
+                          "--rows", "60", "--passes", "1", "--json", str(out)], check=True, timeout=600, capture_output=True, text=True,
+                         cwd=ROOT).stdout
+    assert "checked/unchecked: speed" in log and "rows per flag before the remedy" in log and "GFLOP/s" in log
+    runs = json.loads(out.read_text())
+    assert runs["checked"][0]["row_flags"]["before_remedy"] and runs["unchecked"][0]["row_flags"] == {}
+    assert runs["checked"][0]["rows"] == runs["unchecked"][0]["rows"] == 60
