@@ -29,7 +29,8 @@ def _run_dir(tmp_path, name, translations, model="models/eng-fra"):
     work = plan(str(source), "text", 100, cfg.names, reference_column="refs")
     results = {"translation": translations, "score": [None if t is None else -1.0 for t in translations],
                "src_tokens": [3, 4, 2, 0][:n], "tgt_tokens": [0 if t is None else len(t.split()) for t in translations],
-               "error": [None if t is not None else "null text" for t in translations]}
+               "error": [None if t is not None else "null text" for t in translations],
+               "flags": [[] for _ in translations], "first_flags": [[] for _ in translations]}
     lease = Lease(str(out))
     lease.acquire(interrupt_main=False)
     try:
