@@ -220,5 +220,7 @@ def results_columns(results: list[Translation], decode) -> dict[str, list]:
         out["alignment"] = [r.alignment for r in results]
     if decode.check_rows:
         out["flags"], out["first_flags"] = [r.flags for r in results], [r.first_flags for r in results]
+    if decode.glossary:
+        out["terms_required"], out["terms_met"] = [r.terms_required for r in results], [r.terms_met for r in results]
     return out
 

@@ -11,10 +11,13 @@ from typing import Annotated, Optional
 import typer
 
 from s2s.config import DecodeConfig, ExportConfig, ModelConfig, TrainConfig, TranslateConfig
+from s2s.glossary import read_glossary
 
 # every option's default is the settings' own (s2s/config.py): read from them, never typed again here
 MODEL, TRAIN, EXPORT, EVALUATE_DECODE = ModelConfig(), TrainConfig(), ExportConfig(), DecodeConfig()
 TRANSLATE = TranslateConfig(input="", output="")  # only its defaults are read
+GLOSSARY_HELP = ("A UTF-8 file of 'source term<TAB>target term' lines: where a text holds a source term (any case, whole words), "
+                 "its translation must hold the target term (constrained beam search; --beam-size 2 or more).")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, export and run an LSTM translator on Ray.")
 
 
@@ -88,6 +91,7 @@ def evaluate(
     sampling_seed: Annotated[int, typer.Option(help="Seeds the draws, with each sentence's own text: the same seed gives the same sample.")] = EVALUATE_DECODE.sampling_seed,
     target_prefix: Annotated[str, typer.Option(help="Every translation starts with this text (forced).")] = EVALUATE_DECODE.target_prefix,
     check_rows: Annotated[bool, typer.Option(help="Check each translation (copy, unknown pieces, a loop, a length far outside the training data's) and decode a flagged one once more with a remedy.")] = EVALUATE_DECODE.check_rows,
+    glossary: Annotated[Optional[str], typer.Option(help=GLOSSARY_HELP)] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     samples: Annotated[int, typer.Option(help="Sample translations to show.")] = 5,
     attention: Annotated[int, typer.Option(help="Draw attention maps of this many samples into RUN_DIR/attention/.")] = 0,
@@ -100,7 +104,7 @@ def evaluate(
                               repetition_penalty=repetition_penalty, min_decoding_length=min_decoding_length, max_length_a=max_length_a,
                               max_length_b=max_length_b, sampling_topk=sampling_topk, sampling_topp=sampling_topp,
                               sampling_temperature=sampling_temperature, sampling_seed=sampling_seed, target_prefix=target_prefix,
-                              check_rows=check_rows)
+                              check_rows=check_rows, glossary=read_glossary(glossary) if glossary else ())
         result = evaluate_run(run_dir, split, decode, checkpoint, samples, attention)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
@@ -183,6 +187,7 @@ def translate(
     check_rows: Annotated[bool, typer.Option(help="Check each translation (copy, unknown pieces, a loop, a length far outside the training data's) and decode a flagged one once more with a remedy.")] = TRANSLATE.decode.check_rows,
     return_token_scores: Annotated[bool, typer.Option(help="Add a token_scores column: each output subword's log-prob.")] = TRANSLATE.decode.return_token_scores,
     return_alignment: Annotated[bool, typer.Option(help="Add an alignment column: for each output subword, the position of the source subword it attended to most.")] = TRANSLATE.decode.return_alignment,
+    glossary: Annotated[Optional[str], typer.Option(help=GLOSSARY_HELP + " Adds terms_required and terms_met columns.")] = None,
     use_vmap: Annotated[bool, typer.Option(help="Project each step onto the vocabulary-map shortlist (fp32: faster; int8: slower here).")] = TRANSLATE.decode.use_vmap,
     executor: Annotated[str, typer.Option(help="ray: Ray Data actors, on the cluster at RAY_ADDRESS or a local one; local: in this "
                                                "process, without Ray (small inputs).")] = TRANSLATE.executor,
@@ -221,7 +226,7 @@ def translate(
                               min_decoding_length=min_decoding_length, max_length_a=max_length_a, max_length_b=max_length_b,
                               sampling_topk=sampling_topk, sampling_topp=sampling_topp, sampling_temperature=sampling_temperature,
                               sampling_seed=sampling_seed, target_prefix=target_prefix, check_rows=check_rows, return_token_scores=return_token_scores,
-                              return_alignment=return_alignment)
+                              return_alignment=return_alignment, glossary=read_glossary(glossary) if glossary else ())
         if text_mode:
             if target_prefix_column:
                 raise ValueError("--target-prefix-column needs a Parquet input; for text, --target-prefix applies to every line")

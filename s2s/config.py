@@ -12,6 +12,7 @@ same. This module imports neither torch nor Ray, so that `s2s-job --help` and th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from s2s.data import BUNDLED_DATA
@@ -171,8 +172,27 @@ class DecodeConfig:
     # each row checked before it is written (s2s.quality.row_flags) and, where flagged, decoded once more with a
     # remedy (s2s.translator.remedy); `flags` and `first_flags` columns say what was found after and before
     check_rows: bool = True
+    # (source term, target term) pairs whose targets the output must use where the source holds the term
+    # (s2s.glossary; read from --glossary terms.tsv); lexically constrained beam search, so beam_size >= 2
+    glossary: tuple[tuple[str, str], ...] = ()
+
+    def recorded(self) -> dict:
+        """The settings as a run records them (fingerprint, _job.json, _run.json): a glossary as its term count and
+        digest, not its thousands of terms."""
+        import hashlib
+        import json
+
+        out = dataclasses.asdict(self)
+        if self.glossary:
+            digest = hashlib.sha256(json.dumps(self.glossary, ensure_ascii=False).encode()).hexdigest()
+            out["glossary"] = {"terms": len(self.glossary), "sha256": digest}
+        else:
+            out["glossary"] = None
+        return out
 
     def __post_init__(self) -> None:
+        if self.glossary and self.beam_size < 2:
+            raise ValueError(f"a glossary constrains a beam search: pass --beam-size 2 or more (4 is a good start), not {self.beam_size}")
         if self.sampling_topk < 0 or not 0 < self.sampling_topp <= 1 or self.sampling_temperature <= 0:
             raise ValueError("sampling_topk must be >= 0, sampling_topp in (0, 1] and sampling_temperature > 0")
         if self.sampling_topk != 1 and self.beam_size != 1:
@@ -237,4 +257,4 @@ class TranslateConfig:
         from s2s.inputs import result_names
 
         return result_names(self.result_prefix, self.decode.nbest > 1, self.id_column, self.decode.return_token_scores,
-                            self.decode.return_alignment, self.decode.check_rows)
+                            self.decode.return_alignment, self.decode.check_rows, bool(self.decode.glossary))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import json
 import time
@@ -14,7 +13,7 @@ import torch
 from s2s.config import ModelConfig
 from s2s.model import Seq2Seq
 from s2s.quality import corpus_scores, training_length_ratio
-from s2s.status import flag_counts
+from s2s.status import flag_counts, glossary_counts
 from s2s.tokenizer import load_sentencepiece
 from s2s.config import DecodeConfig
 from s2s.translator import TorchEngine, Translator
@@ -56,8 +55,10 @@ def evaluate_run(run_dir: str | Path, split: str = "test", decode: DecodeConfig 
         "split": split, "checkpoint": checkpoint, "sentences": len(rows), "references": sum(len(r["refs"]) for r in rows),
         **corpus_scores(hyps, [r["refs"] for r in rows]),
         "beam_size": decode.beam_size, "length_penalty": decode.length_penalty,
-        "decode": {k: v for k, v in dataclasses.asdict(decode).items() if v != getattr(DecodeConfig(), k) or k == "beam_size"},
+        "decode": {k: v for k, v in decode.recorded().items() if v != DecodeConfig().recorded()[k] or k == "beam_size"},
         "row_flags": {"before_remedy": flag_counts([t.first_flags for t in out]), "after_remedy": flag_counts([t.flags for t in out])},
+        **({"glossary": {"terms": len(decode.glossary), **glossary_counts([t.terms_required for t in out], [t.terms_met for t in out])}}
+           if decode.glossary else {}),
         "sentences_per_s": round(len(rows) / seconds, 1), "epoch": ckpt.get("state", {}).get("epoch"), "step": ckpt.get("state", {}).get("step"),
     }
     picked = list(range(0, len(rows), max(1, len(rows) // max(samples, 1))))[: max(samples, attention)]

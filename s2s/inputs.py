@@ -34,8 +34,9 @@ PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 RESULT_TYPES = {"translation": pa.string(), "score": pa.float64(), "src_tokens": pa.int32(), "tgt_tokens": pa.int32(),
                 "error": pa.string(), "nbest": pa.list_(pa.struct([("translation", pa.string()), ("score", pa.float64())])),
                 "token_scores": pa.list_(pa.float32()), "alignment": pa.list_(pa.int32()),
-                "flags": pa.list_(pa.string()), "first_flags": pa.list_(pa.string())}
-OPTIONAL_RESULTS = ("nbest", "token_scores", "alignment", "flags", "first_flags")  # written only when asked for
+                "flags": pa.list_(pa.string()), "first_flags": pa.list_(pa.string()),
+                "terms_required": pa.list_(pa.string()), "terms_met": pa.list_(pa.string())}
+OPTIONAL_RESULTS = ("nbest", "token_scores", "alignment", "flags", "first_flags", "terms_required", "terms_met")  # written only when asked for
 TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
 
 
@@ -49,9 +50,10 @@ def part_name(path: str, start: int) -> str:
 
 
 def result_names(prefix: str, nbest: bool, id_column: str | None, token_scores: bool = False, alignment: bool = False,
-                 flags: bool = False) -> dict[str, str]:
+                 flags: bool = False, terms: bool = False) -> dict[str, str]:
     """{result: the column it is written to}: the results under `prefix`, and `row_id` where no id column is given."""
-    asked = {"nbest": nbest, "token_scores": token_scores, "alignment": alignment, "flags": flags, "first_flags": flags}
+    asked = {"nbest": nbest, "token_scores": token_scores, "alignment": alignment, "flags": flags, "first_flags": flags,
+             "terms_required": terms, "terms_met": terms}
     names = {k: prefix + k for k in RESULT_TYPES if k not in OPTIONAL_RESULTS or asked[k]}
     if not id_column:
         names["row_id"] = "row_id"

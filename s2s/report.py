@@ -63,7 +63,7 @@ def _show(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return ", ".join(map(str, value)) or "-"
     return str(value)
 

@@ -178,6 +178,91 @@ def constrain(log_probs, history: np.ndarray, t: int, eos: int, c: Constraints, 
     return lp
 
 
+# Lexically constrained beam search (a glossary): each sentence may come with token sequences its output must
+# contain. A beam's progress is (sequences met, the one under way or -1, how far into it); `_advance` moves it
+# by one output token. Beams are chosen by dynamic beam allocation (Post and Vilar 2018, fairseq's
+# --constraints): candidates are grouped in banks by how many required tokens they have produced, and the beam
+# takes the best of each bank in turn, fullest bank first, so that a hypothesis that has started a term is not
+# crowded out by likelier ones that have not. A sentence with unmet terms may not end (EOS is banned) until
+# max_len. Sentences with nothing required are ranked exactly as without constraints.
+Progress = tuple[frozenset, int, int]
+NO_PROGRESS: Progress = (frozenset(), -1, 0)
+
+
+def _advance(p: Progress, tok: int, required: list[list[int]]) -> Progress:
+    """The progress after producing `tok`: the sequence under way moves on or, on another token, is dropped (that
+    token may start an unmet one)."""
+    met, cur, pos = p
+    if cur >= 0 and required[cur][pos] == tok:
+        return (met | {cur}, -1, 0) if pos + 1 == len(required[cur]) else (met, cur, pos + 1)
+    for c, seq in enumerate(required):
+        if c not in met and seq[0] == tok:
+            return (met | {c}, -1, 0) if len(seq) == 1 else (met, c, 1)
+    return (met, -1, 0)
+
+
+def _next_tokens(p: Progress, required: list[list[int]]) -> set[int]:
+    """Tokens that would make progress: the next of the sequence under way, and the first of each unmet one."""
+    met, cur, pos = p
+    out = {seq[0] for c, seq in enumerate(required) if c not in met}
+    if cur >= 0:
+        out.add(required[cur][pos])
+    return out
+
+
+def _produced(p: Progress, required: list[list[int]]) -> int:
+    """Required tokens produced so far: the bank a hypothesis belongs to."""
+    return sum(len(required[c]) for c in p[0]) + p[2]
+
+
+def _allocate(part: np.ndarray, part_scores: np.ndarray, part_lp: np.ndarray, extra: list[list[tuple[int, float, float]]],
+              progress: list[list[Progress]], required: list[list[list[int]]], K: int, V: int, eos: int):
+    """Dynamic beam allocation: each sentence's 2K candidates (index beam * V + token), best of each bank in turn.
+
+    `part`/`part_scores`/`part_lp` (n, C) are the likeliest continuations, `extra[j]` the (index, score, log-prob)
+    of the tokens that make progress on sentence j's terms. Returns `top`, `top_scores`, `top_lp` (n, 2K, padded
+    with -inf scores) and each candidate's progress."""
+    n = len(part)
+    top, top_scores, top_lp = np.zeros((n, 2 * K), dtype=np.int64), np.full((n, 2 * K), -np.inf), np.zeros((n, 2 * K))
+    states: list[list[Progress]] = []
+    for j in range(n):
+        cands = {int(i): (float(s), float(lp)) for i, s, lp in zip(part[j], part_scores[j], part_lp[j]) if np.isfinite(s)}
+        for i, s, lp in extra[j]:
+            if np.isfinite(s):
+                cands.setdefault(i, (s, lp))
+        banks: dict[int, list] = {}
+        for i in sorted(cands, key=lambda i: (-cands[i][0], i)):  # best first; ties: lower index, as without terms
+            tok = i % V
+            p = progress[j][i // V] if tok == eos else _advance(progress[j][i // V], tok, required[j])
+            banks.setdefault(_produced(p, required[j]), []).append((i, p))
+        order = [banks[b][r] for r in range(max(map(len, banks.values()), default=0)) for b in sorted(banks, reverse=True) if r < len(banks[b])]
+        row = []
+        for c, (i, p) in enumerate(order[: 2 * K]):
+            top[j, c], (top_scores[j, c], top_lp[j, c]) = i, cands[i]
+            row.append(p)
+        states.append(row + [NO_PROGRESS] * (2 * K - len(row)))
+    return top, top_scores, top_lp, states
+
+
+def _gather(log_probs, rows: list[int], toks: list[int]) -> np.ndarray:
+    """log_probs[rows, toks] as numpy, read where the log-probs are."""
+    if isinstance(log_probs, np.ndarray):
+        return log_probs[np.asarray(rows, dtype=np.int64), np.asarray(toks, dtype=np.int64)]
+    import torch
+
+    d = log_probs.device
+    return log_probs[torch.as_tensor(rows, device=d), torch.as_tensor(toks, device=d)].float().cpu().numpy()
+
+
+def _ban(log_probs, rows: list[int], tok: int):
+    """log_probs with `tok` at -inf in `rows` (a copy)."""
+    if not rows:
+        return log_probs
+    lp = log_probs.copy() if isinstance(log_probs, np.ndarray) else log_probs.clone()
+    lp[np.asarray(rows) if isinstance(lp, np.ndarray) else rows, tok] = -np.inf
+    return lp
+
+
 @dataclass
 class Hypothesis:
     tokens: list[int]  # target ids, without BOS and EOS
@@ -186,6 +271,7 @@ class Hypothesis:
     # with details=True: each token's log-prob, and the source position its step attended to most (its alignment)
     token_scores: list[float] = field(default_factory=list)
     alignment: list[int] = field(default_factory=list)
+    met: int = 0  # with required token sequences (a glossary): how many of them the tokens hold
 
 
 def _argmax_rows(x) -> np.ndarray:
@@ -250,6 +336,7 @@ def beam_search(
     constraints: Constraints = NO_CONSTRAINTS,
     prefixes: list[list[int]] | None = None,
     details: bool = False,
+    required: list[list[list[int]]] | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search; returns for each input its `nbest` hypotheses, best first.
 
@@ -258,6 +345,8 @@ def beam_search(
     hypotheses (all beams ended) or reaches max_len. Ranking divides the summed log-probability by
     length**length_penalty (CTranslate2's convention; 0 means no normalization). Beam size 1 is greedy.
     All sentences and beams advance together in arrays; only finished hypotheses are handled one by one.
+    `required` (per sentence, token sequences its output must contain: a glossary's terms) turns on lexically
+    constrained search (`_allocate`); finished hypotheses then rank by terms met first.
     """
     if beam_size < 1 or not 1 <= nbest <= beam_size:
         raise ValueError(f"need beam_size >= 1 and 1 <= nbest <= beam_size, got {beam_size}, {nbest}")
@@ -271,11 +360,17 @@ def beam_search(
     seq_lp, seq_att = np.zeros((batch, K, 0)), np.zeros((batch, K, 0), dtype=np.int64)  # with details: their log-probs, alignment
     prev = np.full(batch * K, bos, dtype=np.int64)
     ranks = np.arange(2 * K)[None, :]
+    if required is not None and not any(required):
+        required = None
+    progress = [[NO_PROGRESS] * K for _ in range(batch)]  # with required: each beam's (see _advance)
     t = 0
     while len(active):
         log_probs, state = step(prev, state)
         n, V = len(active), log_probs.shape[1]
         log_probs = constrain(log_probs, seqs.reshape(n * K, t), t, eos, constraints, forced_tokens(prefixes, np.repeat(active, K), t))
+        if required is not None:  # a beam with unmet terms may not end
+            log_probs = _ban(log_probs, [j * K + k for j, b in enumerate(active) for k in range(K)
+                                         if len(progress[j][k][0]) < len(required[b])], eos)
         # The 2K best continuations of a sentence are among the 2K best tokens of each of its beams (a beam's
         # score is one constant added to all its tokens), so top-k per beam first: torch.topk does it ~20x
         # faster than numpy's argpartition over the whole (n, K*V) row, which dominated beam search time.
@@ -283,12 +378,23 @@ def beam_search(
         beam_lp, beam_tok = _top_k(log_probs, k2)
         part = (np.arange(K)[None, :, None] * V + beam_tok.reshape(n, K, k2)).reshape(n, K * k2)  # index into K*V
         part_scores = (scores[:, :, None] + beam_lp.reshape(n, K, k2)).reshape(n, K * k2)
-        order = np.lexsort((part, -part_scores), axis=1)[:, : 2 * K]  # best first; ties: lower index, as argmax
-        top = np.take_along_axis(part, order, 1)  # (n, 2K)
-        top_scores = np.take_along_axis(part_scores, order, 1)
+        if required is None:
+            order = np.lexsort((part, -part_scores), axis=1)[:, : 2 * K]  # best first; ties: lower index, as argmax
+            top = np.take_along_axis(part, order, 1)  # (n, 2K)
+            top_scores = np.take_along_axis(part_scores, order, 1)
+            if details:
+                top_lp = np.take_along_axis(beam_lp.reshape(n, K * k2), order, 1)  # each candidate token's own log-prob
+        else:
+            wanted = [(j, k, tok) for j, b in enumerate(active) for k in range(K) if np.isfinite(scores[j, k])
+                      for tok in sorted(_next_tokens(progress[j][k], required[b]))]
+            lps = _gather(log_probs, [j * K + k for j, k, _ in wanted], [tok for _, _, tok in wanted])
+            extra: list[list] = [[] for _ in range(n)]
+            for (j, k, tok), lp in zip(wanted, lps.tolist()):
+                extra[j].append((k * V + tok, scores[j, k] + lp, lp))
+            top, top_scores, top_lp, cand_progress = _allocate(part, part_scores, beam_lp.reshape(n, K * k2), extra, progress,
+                                                               [required[b] for b in active], K, V, eos)
         beam, tok = top // V, top % V
         if details:
-            top_lp = np.take_along_axis(beam_lp.reshape(n, K * k2), order, 1)  # each candidate token's own log-prob
             att = _argmax_rows(state["attention"]).reshape(n, K)  # what each parent beam's step attended to
         at_max = t + 1 >= max_len[active]  # (n,)
         finite = np.isfinite(top_scores)
@@ -299,7 +405,8 @@ def beam_search(
             length = len(toks) + (1 if tk == eos else 0)
             more = ((seq_lp[j, bm].tolist() + ([] if tk == eos else [float(top_lp[j, r])]),
                      seq_att[j, bm].tolist() + ([] if tk == eos else [int(att[j, bm])])) if details else ())
-            finished[b].append(Hypothesis(toks, sc, sc / (max(length, 1) ** length_penalty), *more))
+            finished[b].append(Hypothesis(toks, sc, sc / (max(length, 1) ** length_penalty), *more,
+                                          met=len(cand_progress[j][r][0]) if required is not None else 0))
         cont = finite & ~ends
         keep = cont & (np.cumsum(cont, axis=1) <= K)  # the K best live continuations of each sentence
         n_done = np.asarray([len(finished[b]) for b in active])
@@ -319,5 +426,7 @@ def beam_search(
         if details:
             seq_lp = np.concatenate([seq_lp[rows, pick_beam], np.take_along_axis(top_lp, pick, 1)[alive][..., None]], axis=2)
             seq_att = np.concatenate([seq_att[rows, pick_beam], np.take_along_axis(att[alive], pick_beam, 1)[..., None]], axis=2)
+        if required is not None:
+            progress = [[cand_progress[j][r] for r in pick[j]] for j in alive]
         scores, prev, active = pick_scores[alive], pick_tok.reshape(-1), active[alive]
-    return [sorted(f, key=lambda h: -h.normalized)[:nbest] for f in finished]
+    return [sorted(f, key=lambda h: (-h.met, -h.normalized))[:nbest] for f in finished]

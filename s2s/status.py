@@ -49,7 +49,15 @@ def part_counts(rows: pa.Table, text_column: str, names: dict[str, str]) -> dict
     if "flags" in names:  # rows checked before they were written: each flag, before and after the remedy
         counts["row_flags"] = {when: flag_counts(rows.column(names[key]).to_pylist())
                                for when, key in (("before_remedy", "first_flags"), ("after_remedy", "flags"))}
+    if "terms_required" in names:  # a glossary: its target terms required and met, over the part's rows
+        counts["glossary"] = glossary_counts(rows.column(names["terms_required"]).to_pylist(), rows.column(names["terms_met"]).to_pylist())
     return counts
+
+
+def glossary_counts(required: list, met: list) -> dict[str, int]:
+    """Rows with a glossary term, terms required, and terms met (a row counts each of its terms)."""
+    return {"rows_with_terms": sum(bool(r) for r in required), "required": sum(len(r or []) for r in required),
+            "met": sum(len(m or []) for m in met)}
 
 
 def flag_counts(cells: list) -> dict[str, int]:
@@ -74,8 +82,11 @@ def summarize(parts: dict[str, dict], fresh: set[str], units: list[dict], comple
     rows = errors = src_tokens = tgt_tokens = repaired = 0
     kinds: dict[str, int] = {}
     flagged: dict[str, dict[str, int]] = {}
+    terms: dict[str, int] = {}
     quality = references or QualityCounts()
     for stats in parts.values():
+        for k, n in stats.get("glossary", {}).items():
+            terms[k] = terms.get(k, 0) + n
         for when, counts in stats.get("row_flags", {}).items():
             into = flagged.setdefault(when, {})
             for f, n in counts.items():
@@ -102,6 +113,7 @@ def summarize(parts: dict[str, dict], fresh: set[str], units: list[dict], comple
         "part_engines": {n: {k: parts[n].get(k, "") for k in ("provider", "variant", "node", "gpus")} for n in sorted(fresh) if n in parts},
         "quality": quality.signals(),
         "row_flags": flagged,  # rows per flag before and after the remedy (s2s.quality.row_flags), where rows were checked
+        **({"glossary": {**terms, "met_rate": round(terms["met"] / terms["required"], 6) if terms.get("required") else None}} if terms else {}),
     }
 
 

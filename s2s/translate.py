@@ -18,7 +18,6 @@ fenced by the lease, and verified on resume.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -115,7 +114,7 @@ def _run(cfg: TranslateConfig, lease: Lease, work: Plan, manifest: dict, t0: flo
     remove_success(folder)  # whatever happens next, _SUCCESS no longer speaks for this folder
     names = cfg.names
     settings = {"model": absolute(cfg.model), "text_column": cfg.text_column, "id_column": cfg.id_column, "names": names,
-                "rows_per_shard": cfg.rows_per_shard, "decode": dataclasses.asdict(cfg.decode), "variant": cfg.variant,
+                "rows_per_shard": cfg.rows_per_shard, "decode": cfg.decode.recorded(), "variant": cfg.variant,
                 "target_prefix_column": cfg.target_prefix_column}
     job = {"fingerprint": fingerprint({**settings, "model_files": manifest["files"]}), "settings": settings, "names": names,
            "text_column": cfg.text_column, "id_column": cfg.id_column}
@@ -227,7 +226,7 @@ def _summary(cfg: TranslateConfig, work: Plan, parts: dict, fresh: set, complete
     summary = summarize(parts, fresh, work.units, complete, wall, cfg.max_error_rate, references)
     return {"input": cfg.input, "output": cfg.output, "model": cfg.model, "epoch": lease.epoch,
             "model_sha256": fingerprint(manifest["files"]), **summary, "inputs_skipped": work.skipped,
-            "decode": dataclasses.asdict(cfg.decode), "result_columns": cfg.names,
+            "decode": cfg.decode.recorded(), "result_columns": cfg.names,
             "model_manifest": {k: manifest.get(k) for k in ("created", "exporter", "opset", "default_cpu_variant", "vocab_sizes", "limits")},
             "versions": library_versions()}
 

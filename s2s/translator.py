@@ -18,6 +18,7 @@ import regex
 import sentencepiece as spm
 
 from s2s.config import DecodeConfig
+from s2s.glossary import matched_terms, terms_met
 from s2s.quality import LENGTH_SLACK, row_flags
 from s2s.search import Constraints, Hypothesis, Sampling, State, beam_search, greedy_search
 from s2s.tokenizer import BOS_ID, EOS_ID, pad_ids
@@ -39,6 +40,8 @@ class Translation:
     alignment: list[int] | None = None  # with return_alignment: the source position each token attended to most
     flags: list[str] | None = None  # with check_rows: what s2s.quality.row_flags finds in the translation written
     first_flags: list[str] | None = None  # ... and in the first one, before the remedy
+    terms_required: list[str] | None = None  # with a glossary: the target terms the source's matched terms require
+    terms_met: list[str] | None = None  # ... and those the translation holds
 
 
 class Engine(Protocol):
@@ -185,17 +188,22 @@ class Translator:
                 for r in rows:
                     results[r] = Translation(None, None, n_tokens, 0, error=err)
             else:
-                encoded.append((ids, self.tgt_sp.encode(prefix) if prefix else [], rows, text))
+                terms = matched_terms(text, self.config.glossary) if self.config.glossary else []
+                encoded.append((ids, self.tgt_sp.encode(prefix) if prefix else [], rows, text, terms))
         encoded.sort(key=lambda e: len(e[0]))
         for chunk in self._chunks(encoded):
-            for (ids, prefix, rows, text), t in zip(chunk, self._decode([e[0] for e in chunk], [e[1] for e in chunk], self.config)):
+            required = [[self.tgt_sp.encode(term) for term in e[4]] for e in chunk]
+            for (ids, prefix, rows, text, terms), req, t in zip(chunk, required, self._decode([e[0] for e in chunk], [e[1] for e in chunk],
+                                                                                             self.config, required)):
                 if self.config.check_rows:
-                    t = self._check(text, ids, prefix, t)
+                    t = self._check(text, ids, prefix, req, t)
+                if self.config.glossary:
+                    t.terms_required, t.terms_met = terms, terms_met(t.translation or "", terms)
                 for r in rows:
                     results[r] = t
         return results  # type: ignore[return-value]
 
-    def _check(self, text: str, ids: list[int], prefix: list[int], t: Translation) -> Translation:
+    def _check(self, text: str, ids: list[int], prefix: list[int], required: list[list[int]], t: Translation) -> Translation:
         """Flag the translation; where a remedy applies, decode the row once more with it and keep that result
         unless it is flagged worse (more flags)."""
         first = row_flags(text, t.translation or "", t.src_tokens, t.tgt_tokens, self.length_ratio)
@@ -203,7 +211,7 @@ class Translator:
         cfg = remedy(self.config, first, t.src_tokens, self.length_ratio) if first else None
         if cfg is None:
             return t
-        (again,) = self._decode([ids], [prefix], cfg)
+        (again,) = self._decode([ids], [prefix], cfg, [required])
         final = row_flags(text, again.translation or "", again.src_tokens, again.tgt_tokens, self.length_ratio)
         if len(final) > len(first):
             return t
@@ -220,10 +228,13 @@ class Translator:
         if chunk:
             yield chunk
 
-    def _decode(self, batch_ids: list[list[int]], prefixes: list[list[int]], cfg: DecodeConfig) -> list[Translation]:
+    def _decode(self, batch_ids: list[list[int]], prefixes: list[list[int]], cfg: DecodeConfig,
+                required: list[list[list[int]]] | None = None) -> list[Translation]:
+        """Decode one sub-batch; `required`: per row, the token sequences (glossary terms) its output must hold."""
         src, lens = pad_ids(batch_ids)
         max_len = np.minimum(cfg.max_length_a * lens + cfg.max_length_b, cfg.max_decoding_length).astype(np.int64)
-        max_len = np.maximum(max_len, [len(p) + 1 for p in prefixes])  # room for a forced prefix and one more token
+        # room for a forced prefix, the required terms, and one more token
+        max_len = np.maximum(max_len, [len(p) + sum(map(len, r)) + 1 for p, r in zip(prefixes, required or [[]] * len(prefixes))])
         forced = prefixes if any(prefixes) else None
         state = self.engine.encode(src, lens)
         c = Constraints(cfg.no_repeat_ngram_size, cfg.repetition_penalty, cfg.min_decoding_length)
@@ -236,7 +247,7 @@ class Translator:
                                                  forced, details)]
         else:
             nbests = beam_search(self.engine.step, state, len(batch_ids), BOS_ID, EOS_ID, max_len, cfg.beam_size, cfg.length_penalty, cfg.nbest,
-                                 c, forced, details)
+                                 c, forced, details, required if required and any(required) else None)
         out = []
         for src_len, hyps in zip(lens, nbests):
             best: Hypothesis = hyps[0]

@@ -290,3 +290,36 @@ def test_token_scores_and_alignment_come_with_each_hypothesis_and_change_nothing
                 assert np.isclose(lp, table[b, t % 7, prev % vocab, tok])
                 assert al == int(attention[b, t % 7, prev % vocab].argmax())
                 prev = tok
+
+
+def _holds(tokens, seq):
+    return any(tokens[i : i + len(seq)] == seq for i in range(len(tokens) - len(seq) + 1))
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 4), vocab=st.integers(6, 20), beam=st.integers(2, 4),
+       ngram=st.sampled_from([0, 3]), as_tensor=st.booleans(), data=st.data())
+def test_required_terms_appear_in_every_best_hypothesis_and_rows_without_terms_are_unchanged(seed, batch, vocab, beam, ngram,
+                                                                                            as_tensor, data):
+    """Lexically constrained beam search (a glossary): whatever the decoder prefers, the best hypothesis holds
+    each required token sequence where max_len leaves room for them, and a sentence with nothing required gets
+    exactly what it gets without constraints, whatever its neighbours require."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(batch, 7, vocab, vocab)).astype(np.float32) * 3  # peaked: the terms are not what it would say
+    table = (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)
+    term = st.lists(st.integers(4, vocab - 1), min_size=1, max_size=3)
+    required = [data.draw(st.lists(term, max_size=3)) for _ in range(batch)]
+    max_len = np.asarray([sum(map(len, r)) + 1 + int(rng.integers(0, 4)) for r in required])
+    c = Constraints(no_repeat_ngram_size=ngram)
+    state = {"sentence": np.arange(batch), "t": np.zeros(batch, dtype=np.int64)}
+    step = _table_step(table, as_tensor)
+    constrained = beam_search(step, state, batch, BOS_ID, EOS_ID, max_len, beam_size=beam, nbest=1, constraints=c, required=required)
+    plain = beam_search(step, state, batch, BOS_ID, EOS_ID, max_len, beam_size=beam, nbest=1, constraints=c)
+    for r, (h,), (p,) in zip(required, constrained, plain):
+        if not r:
+            assert (h.tokens, h.score) == (p.tokens, p.score)
+        elif not ngram:  # with no_repeat_ngram_size a term may be banned outright (it would repeat a 3-gram)
+            assert all(_holds(h.tokens, seq) for seq in r), (r, h.tokens)
+            assert h.met == len(r) and np.isfinite(h.score)
+    empty = beam_search(step, state, batch, BOS_ID, EOS_ID, max_len, beam_size=beam, nbest=1, constraints=c, required=[[]] * batch)
+    assert [(h.tokens, h.score) for (h,) in empty] == [(p.tokens, p.score) for (p,) in plain]
