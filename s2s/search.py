@@ -185,25 +185,27 @@ def constrain(log_probs, history: np.ndarray, t: int, eos: int, c: Constraints, 
 # takes the best of each bank in turn, fullest bank first, so that a hypothesis that has started a term is not
 # crowded out by likelier ones that have not. A sentence with unmet terms may not end (EOS is banned) until
 # max_len. Sentences with nothing required are ranked exactly as without constraints.
-Progress = tuple[frozenset, int, int]
-NO_PROGRESS: Progress = (frozenset(), -1, 0)
+# A term is a whole word: the token after its last may not glue onto it (`glue`: ids of tokens that continue a
+# word, which the translator knows from its vocabulary), or "bien" + "t" would meet "bien" as "bient".
+Progress = tuple[frozenset, int, int, bool]  # (met, under way or -1, position in it, a term just ended)
+NO_PROGRESS: Progress = (frozenset(), -1, 0, False)
 
 
 def _advance(p: Progress, tok: int, required: list[list[int]]) -> Progress:
     """The progress after producing `tok`: the sequence under way moves on or, on another token, is dropped (that
     token may start an unmet one)."""
-    met, cur, pos = p
+    met, cur, pos, _ = p
     if cur >= 0 and required[cur][pos] == tok:
-        return (met | {cur}, -1, 0) if pos + 1 == len(required[cur]) else (met, cur, pos + 1)
+        return (met | {cur}, -1, 0, True) if pos + 1 == len(required[cur]) else (met, cur, pos + 1, False)
     for c, seq in enumerate(required):
         if c not in met and seq[0] == tok:
-            return (met | {c}, -1, 0) if len(seq) == 1 else (met, c, 1)
-    return (met, -1, 0)
+            return (met | {c}, -1, 0, True) if len(seq) == 1 else (met, c, 1, False)
+    return (met, -1, 0, False)
 
 
 def _next_tokens(p: Progress, required: list[list[int]]) -> set[int]:
     """Tokens that would make progress: the next of the sequence under way, and the first of each unmet one."""
-    met, cur, pos = p
+    met, cur, pos, _ = p
     out = {seq[0] for c, seq in enumerate(required) if c not in met}
     if cur >= 0:
         out.add(required[cur][pos])
@@ -216,12 +218,14 @@ def _produced(p: Progress, required: list[list[int]]) -> int:
 
 
 def _allocate(part: np.ndarray, part_scores: np.ndarray, part_lp: np.ndarray, extra: list[list[tuple[int, float, float]]],
-              progress: list[list[Progress]], required: list[list[list[int]]], K: int, V: int, eos: int):
+              progress: list[list[Progress]], required: list[list[list[int]]], K: int, V: int, eos: int, words: bool = False):
     """Dynamic beam allocation: each sentence's 2K candidates (index beam * V + token), best of each bank in turn.
 
     `part`/`part_scores`/`part_lp` (n, C) are the likeliest continuations, `extra[j]` the (index, score, log-prob)
     of the tokens that make progress on sentence j's terms. Returns `top`, `top_scores`, `top_lp` (n, 2K, padded
-    with -inf scores) and each candidate's progress."""
+    with -inf scores) and each candidate's progress. With `words` (a term must end a word, so a hypothesis that
+    has just ended one cannot make progress at the next step) such hypotheses come last in their bank: the bank's
+    first place goes to one that can move on, so that the fullest bank gains at every step but one per term."""
     n = len(part)
     top, top_scores, top_lp = np.zeros((n, 2 * K), dtype=np.int64), np.full((n, 2 * K), -np.inf), np.zeros((n, 2 * K))
     states: list[list[Progress]] = []
@@ -235,6 +239,9 @@ def _allocate(part: np.ndarray, part_scores: np.ndarray, part_lp: np.ndarray, ex
             tok = i % V
             p = progress[j][i // V] if tok == eos else _advance(progress[j][i // V], tok, required[j])
             banks.setdefault(_produced(p, required[j]), []).append((i, p))
+        if words:
+            for bank in banks.values():
+                bank.sort(key=lambda c: c[1][3])  # stable: by score within each kind
         order = [banks[b][r] for r in range(max(map(len, banks.values()), default=0)) for b in sorted(banks, reverse=True) if r < len(banks[b])]
         row = []
         for c, (i, p) in enumerate(order[: 2 * K]):
@@ -254,12 +261,18 @@ def _gather(log_probs, rows: list[int], toks: list[int]) -> np.ndarray:
     return log_probs[torch.as_tensor(rows, device=d), torch.as_tensor(toks, device=d)].float().cpu().numpy()
 
 
-def _ban(log_probs, rows: list[int], tok: int):
-    """log_probs with `tok` at -inf in `rows` (a copy)."""
-    if not rows:
+def _ban(log_probs, rows: list[int], toks):
+    """log_probs with the tokens `toks` (an id or an array of ids) at -inf in `rows` (a copy)."""
+    if not rows or np.size(toks) == 0:
         return log_probs
+    r, t = np.asarray(rows, dtype=np.int64)[:, None], np.atleast_1d(np.asarray(toks, dtype=np.int64))[None, :]
     lp = log_probs.copy() if isinstance(log_probs, np.ndarray) else log_probs.clone()
-    lp[np.asarray(rows) if isinstance(lp, np.ndarray) else rows, tok] = -np.inf
+    if isinstance(lp, np.ndarray):
+        lp[r, t] = -np.inf
+    else:
+        import torch
+
+        lp[torch.as_tensor(r, device=lp.device), torch.as_tensor(t, device=lp.device)] = -np.inf
     return lp
 
 
@@ -337,6 +350,7 @@ def beam_search(
     prefixes: list[list[int]] | None = None,
     details: bool = False,
     required: list[list[list[int]]] | None = None,
+    glue: np.ndarray | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search; returns for each input its `nbest` hypotheses, best first.
 
@@ -346,7 +360,8 @@ def beam_search(
     length**length_penalty (CTranslate2's convention; 0 means no normalization). Beam size 1 is greedy.
     All sentences and beams advance together in arrays; only finished hypotheses are handled one by one.
     `required` (per sentence, token sequences its output must contain: a glossary's terms) turns on lexically
-    constrained search (`_allocate`); finished hypotheses then rank by terms met first.
+    constrained search (`_allocate`); finished hypotheses then rank by terms met first. `glue`: the ids of tokens
+    that continue a word, never allowed right after a term.
     """
     if beam_size < 1 or not 1 <= nbest <= beam_size:
         raise ValueError(f"need beam_size >= 1 and 1 <= nbest <= beam_size, got {beam_size}, {nbest}")
@@ -371,6 +386,8 @@ def beam_search(
         if required is not None:  # a beam with unmet terms may not end
             log_probs = _ban(log_probs, [j * K + k for j, b in enumerate(active) for k in range(K)
                                          if len(progress[j][k][0]) < len(required[b])], eos)
+            if glue is not None:  # ... and a term ends a word
+                log_probs = _ban(log_probs, [j * K + k for j in range(n) for k in range(K) if progress[j][k][3]], glue)
         # The 2K best continuations of a sentence are among the 2K best tokens of each of its beams (a beam's
         # score is one constant added to all its tokens), so top-k per beam first: torch.topk does it ~20x
         # faster than numpy's argpartition over the whole (n, K*V) row, which dominated beam search time.
@@ -392,7 +409,7 @@ def beam_search(
             for (j, k, tok), lp in zip(wanted, lps.tolist()):
                 extra[j].append((k * V + tok, scores[j, k] + lp, lp))
             top, top_scores, top_lp, cand_progress = _allocate(part, part_scores, beam_lp.reshape(n, K * k2), extra, progress,
-                                                               [required[b] for b in active], K, V, eos)
+                                                               [required[b] for b in active], K, V, eos, glue is not None)
         beam, tok = top // V, top % V
         if details:
             att = _argmax_rows(state["attention"]).reshape(n, K)  # what each parent beam's step attended to

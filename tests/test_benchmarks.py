@@ -66,3 +66,15 @@ def test_row_checks_runs_both_sides_and_reports_flags_and_bleu(tiny_run, tiny_mo
     runs = json.loads(out.read_text())
     assert runs["checked"][0]["row_flags"]["before_remedy"] and runs["unchecked"][0]["row_flags"] == {}
     assert runs["checked"][0]["rows"] == runs["unchecked"][0]["rows"] == 60
+
+
+def test_glossary_benchmark_builds_a_glossary_and_measures_both_sides(tiny_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "glossary.json"
+    log = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "glossary.py"), "--model", str(tiny_model_dir), "--run", str(tiny_run),
+                          "--rows", "60", "--passes", "1", "--min-count", "2", "--min-dice", "0.3", "--json", str(out)], check=True, timeout=600,
+                         capture_output=True, text=True, cwd=ROOT).stdout
+    assert "glossary/plain: terms met" in log and "GFLOP/s" in log
+    result = json.loads(out.read_text())
+    g, p = result["scores"]["glossary"], result["scores"]["plain"]
+    assert result["glossary"] and g["terms_required"] == p["terms_required"] > 0
+    assert g["terms_met"] > p["terms_met"]  # the tiny model says none of them by itself

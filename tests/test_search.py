@@ -309,11 +309,13 @@ def test_required_terms_appear_in_every_best_hypothesis_and_rows_without_terms_a
     table = (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)
     term = st.lists(st.integers(4, vocab - 1), min_size=1, max_size=3)
     required = [data.draw(st.lists(term, max_size=3)) for _ in range(batch)]
-    max_len = np.asarray([sum(map(len, r)) + 1 + int(rng.integers(0, 4)) for r in required])
+    glue = np.asarray(data.draw(st.lists(st.integers(4, vocab - 1), max_size=vocab // 2, unique=True)), dtype=np.int64)  # word-inner tokens
+    max_len = np.asarray([sum(map(len, r)) + len(r) + 1 + int(rng.integers(0, 4)) for r in required])  # a word break between terms
     c = Constraints(no_repeat_ngram_size=ngram)
     state = {"sentence": np.arange(batch), "t": np.zeros(batch, dtype=np.int64)}
     step = _table_step(table, as_tensor)
-    constrained = beam_search(step, state, batch, BOS_ID, EOS_ID, max_len, beam_size=beam, nbest=1, constraints=c, required=required)
+    constrained = beam_search(step, state, batch, BOS_ID, EOS_ID, max_len, beam_size=beam, nbest=1, constraints=c, required=required,
+                              glue=glue)
     plain = beam_search(step, state, batch, BOS_ID, EOS_ID, max_len, beam_size=beam, nbest=1, constraints=c)
     for r, (h,), (p,) in zip(required, constrained, plain):
         if not r:
@@ -321,5 +323,8 @@ def test_required_terms_appear_in_every_best_hypothesis_and_rows_without_terms_a
         elif not ngram:  # with no_repeat_ngram_size a term may be banned outright (it would repeat a 3-gram)
             assert all(_holds(h.tokens, seq) for seq in r), (r, h.tokens)
             assert h.met == len(r) and np.isfinite(h.score)
+            # each term ends a word: some occurrence of it is followed by the end or by a token that is not glue
+            assert all(any(h.tokens[i : i + len(seq)] == seq and (i + len(seq) == len(h.tokens) or h.tokens[i + len(seq)] not in glue)
+                           for i in range(len(h.tokens))) for seq in r), (r, h.tokens, glue)
     empty = beam_search(step, state, batch, BOS_ID, EOS_ID, max_len, beam_size=beam, nbest=1, constraints=c, required=[[]] * batch)
     assert [(h.tokens, h.score) for (h,) in empty] == [(p.tokens, p.score) for (p,) in plain]
