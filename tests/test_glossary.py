@@ -78,7 +78,8 @@ def test_translate_and_evaluate_report_the_terms(tiny_model_dir, tiny_run, sente
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": sentences[:40]}), src)
     done = subprocess.run([sys.executable, "-m", "s2s.cli", "translate", str(src), "--output", str(tmp_path / "out"), "--model",
-                           str(tiny_model_dir), "--max-decoding-length", "40", "--glossary", str(tmp_path / "terms.tsv")],
+                           str(tiny_model_dir), "--max-decoding-length", "40", "--glossary", str(tmp_path / "terms.tsv"),
+                           "--executor", "local"],  # the same actor code as Ray's (benchmarks/glossary.py's smoke test runs Ray)
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = pq.read_table(tmp_path / "out").to_pylist()
@@ -91,7 +92,7 @@ def test_translate_and_evaluate_report_the_terms(tiny_model_dir, tiny_run, sente
     # another glossary is other settings: --resume refuses to mix them
     (tmp_path / "other.tsv").write_text(f"{term}\tchien\n", encoding="utf-8")
     again = CliRunner().invoke(app, ["translate", str(src), "--output", str(tmp_path / "out"), "--model", str(tiny_model_dir),
-                                     "--max-decoding-length", "40", "--glossary", str(tmp_path / "other.tsv"), "--resume"])
+                                     "--max-decoding-length", "40", "--glossary", str(tmp_path / "other.tsv"), "--resume", "--executor", "local"])
     assert again.exit_code == 2 and "settings" in again.output
     # evaluate (PyTorch) reports the same counts in eval.json
     ev = CliRunner().invoke(app, ["evaluate", str(tiny_run), "--beam-size", "2", "--glossary", str(tmp_path / "terms.tsv"), "--samples", "1"])
