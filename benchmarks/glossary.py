@@ -14,9 +14,7 @@ pass's rows/s; then glossary/plain for each.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import re
 import tempfile
 from collections import Counter
@@ -24,8 +22,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from run import cpu_info, matmul_gflops, median_run, run_translate_cli
+from run import machine_line, median_run, run_translate_cli, side_by_side_args
 
 from s2s.glossary import matched_terms, terms_met
 from s2s.quality import corpus_scores
@@ -54,19 +51,11 @@ def read_output(out: Path) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=Path("models/eng-fra"))
-    ap.add_argument("--run", type=Path, default=Path("runs/eng-fra"), help="its training run (the test split)")
-    ap.add_argument("--rows", type=int, default=0, help="the test split's first rows only (0: all)")
-    ap.add_argument("--passes", type=int, default=2)
+    ap = side_by_side_args(__doc__)
     ap.add_argument("--min-count", type=int, default=5)
     ap.add_argument("--min-dice", type=float, default=0.6)
-    ap.add_argument("--json", type=Path, help="write the glossary, every pass and the scores here too")
     a = ap.parse_args()
-
-    threads = min(2, os.cpu_count() or 1)
-    print(f"cpu: {cpu_info('model name') or 'unknown'}, {os.cpu_count()} cpus, fp32 matmul {matmul_gflops(torch.float32, threads=threads):.1f} "
-          f"GFLOP/s ({threads} threads); model {a.model}", flush=True)
+    print(machine_line(a.model), flush=True)
     test = pq.read_table(a.run / "data" / "test.parquet", columns=["src", "refs"])
     if a.rows:
         test = test.slice(0, a.rows)

@@ -11,30 +11,18 @@ flag before and after the remedy (from _run.json's row_flags); then checked/unch
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from run import cpu_info, int8_matmul_gops, matmul_gflops, median_run, run_translate_cli
+from run import machine_line, median_run, run_translate_cli, side_by_side_args
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=Path("models/eng-fra"))
-    ap.add_argument("--run", type=Path, default=Path("runs/eng-fra"), help="its training run (the test split)")
-    ap.add_argument("--rows", type=int, default=0, help="the test split's first rows only (0: all)")
-    ap.add_argument("--passes", type=int, default=2)
-    ap.add_argument("--json", type=Path, help="write every pass here too")
-    a = ap.parse_args()
-
-    threads = min(2, os.cpu_count() or 1)
-    print(f"cpu: {cpu_info('model name') or 'unknown'}, {os.cpu_count()} cpus, fp32 matmul {matmul_gflops(torch.float32, threads=threads):.1f} "
-          f"GFLOP/s, u8 x s8 {int8_matmul_gops(threads=threads):.1f} GOP/s ({threads} threads); model {a.model}", flush=True)
+    a = side_by_side_args(__doc__).parse_args()
+    print(machine_line(a.model), flush=True)
     test = pq.read_table(a.run / "data" / "test.parquet", columns=["src", "refs"])
     if a.rows:
         test = test.slice(0, a.rows)

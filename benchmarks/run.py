@@ -59,6 +59,24 @@ def record(section: str, what: str, a: float, b: float | None = None, unit: str 
 # ---------------------------------------------------------------- helpers
 
 
+def side_by_side_args(doc: str) -> argparse.ArgumentParser:
+    """The options of the benchmarks that run `translate` on the test split with and without one option."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=Path("models/eng-fra"))
+    ap.add_argument("--run", type=Path, default=Path("runs/eng-fra"), help="its training run (the test split)")
+    ap.add_argument("--rows", type=int, default=0, help="the test split's first rows only (0: all)")
+    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="write every pass here too")
+    return ap
+
+
+def machine_line(model: Path) -> str:
+    """The CPU and its measured matmul rates, to print beside every ratio."""
+    threads = min(2, os.cpu_count() or 1)
+    return (f"cpu: {cpu_info('model name') or 'unknown'}, {os.cpu_count()} cpus, fp32 matmul {matmul_gflops(torch.float32, threads=threads):.1f} "
+            f"GFLOP/s, u8 x s8 {int8_matmul_gops(threads=threads):.1f} GOP/s ({threads} threads); model {model}")
+
+
 def test_split(run: Path) -> tuple[list[str], list[list[str]]]:
     rows = pq.read_table(run / "data" / "test.parquet").to_pylist()
     return [r["src"] for r in rows], [r["refs"] for r in rows]
