@@ -196,30 +196,34 @@ class Translator:
         encoded.sort(key=lambda e: len(e[0]))
         for chunk in self._chunks(encoded):
             required = [[self.tgt_sp.encode(term) for term in e[4]] for e in chunk]
-            for (ids, prefix, rows, text, terms), req, t in zip(chunk, required, self._decode([e[0] for e in chunk], [e[1] for e in chunk],
-                                                                                             self.config, required)):
-                if self.config.check_rows:
-                    t = self._check(text, ids, prefix, req, t)
+            out = self._decode([e[0] for e in chunk], [e[1] for e in chunk], self.config, required)
+            if self.config.check_rows:
+                out = self._check(chunk, required, out)
+            for (ids, prefix, rows, text, terms), t in zip(chunk, out):
                 if self.config.glossary:
                     t.terms_required, t.terms_met = terms, terms_met(t.translation or "", terms)
                 for r in rows:
                     results[r] = t
         return results  # type: ignore[return-value]
 
-    def _check(self, text: str, ids: list[int], prefix: list[int], required: list[list[int]], t: Translation) -> Translation:
-        """Flag the translation; where a remedy applies, decode the row once more with it and keep that result
-        unless it is flagged worse (more flags)."""
-        first = row_flags(text, t.translation or "", t.src_tokens, t.tgt_tokens, self.length_ratio)
-        t.flags, t.first_flags = first, first
-        cfg = remedy(self.config, first, t.src_tokens, self.length_ratio) if first else None
-        if cfg is None:
-            return t
-        (again,) = self._decode([ids], [prefix], cfg, [required])
-        final = row_flags(text, again.translation or "", again.src_tokens, again.tgt_tokens, self.length_ratio)
-        if len(final) > len(first):
-            return t
-        again.flags, again.first_flags = final, first
-        return again
+    def _check(self, chunk: list, required: list, out: list[Translation]) -> list[Translation]:
+        """Flag each translation; where a remedy applies, decode the row once more with it (the rows that share a
+        remedy in one batch) and keep that result unless it is flagged worse (more flags)."""
+        again: dict[DecodeConfig, list[int]] = {}  # remedy -> positions in the chunk
+        for i, ((_, _, _, text, _), t) in enumerate(zip(chunk, out)):
+            t.flags = t.first_flags = row_flags(text, t.translation or "", t.src_tokens, t.tgt_tokens, self.length_ratio)
+            cfg = remedy(self.config, t.flags, t.src_tokens, self.length_ratio) if t.flags else None
+            if cfg is not None:
+                again.setdefault(cfg, []).append(i)
+        out = list(out)
+        for cfg, positions in again.items():
+            redone = self._decode([chunk[i][0] for i in positions], [chunk[i][1] for i in positions], cfg, [required[i] for i in positions])
+            for i, t in zip(positions, redone):
+                final = row_flags(chunk[i][3], t.translation or "", t.src_tokens, t.tgt_tokens, self.length_ratio)
+                if len(final) <= len(out[i].first_flags):
+                    t.flags, t.first_flags = final, out[i].first_flags
+                    out[i] = t
+        return out
 
     def _chunks(self, encoded: list):
         chunk: list = []
