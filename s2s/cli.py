@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -19,6 +19,20 @@ TRANSLATE = TranslateConfig(input="", output="")  # only its defaults are read
 GLOSSARY_HELP = ("A UTF-8 file of 'source term<TAB>target term' lines: where a text holds a source term (any case, whole words), "
                  "its translation must hold the target term (constrained beam search; --beam-size 2 or more).")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, export and run an LSTM translator on Ray.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"s2s-job {version('s2s-job')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                   help="Print the version and exit.")] = False) -> None:
+    """Train, export and run an LSTM translator on Ray."""
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -77,7 +91,7 @@ def train(
 @app.command()
 def evaluate(
     run_dir: Annotated[str, typer.Argument(help="A training run directory (or s3://...).")],
-    split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+    split: Annotated[Literal["valid", "test"], typer.Option(help="The split to score.")] = "test",
     beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = EVALUATE_DECODE.beam_size,
     length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = EVALUATE_DECODE.length_penalty,
     no_repeat_ngram_size: Annotated[int, typer.Option(help="Never produce an n-gram of this size twice in one output (0: off).")] = EVALUATE_DECODE.no_repeat_ngram_size,
@@ -115,8 +129,8 @@ def evaluate(
 def export(
     run_dir: Annotated[str, typer.Argument(help="A training run directory (or s3://...).")],
     out: Annotated[str, typer.Option(help="Model directory to write (or s3://...).")] = "models/eng-fra",
-    quantize: Annotated[Optional[str], typer.Option(help="int8: add an onnxruntime dynamic-quantized variant.")] = EXPORT.quantize,
-    exporter: Annotated[str, typer.Option(help="torch.onnx exporter: torchscript or dynamo (fp32 only).")] = EXPORT.exporter,
+    quantize: Annotated[Optional[Literal["int8"]], typer.Option(help="int8: add an onnxruntime dynamic-quantized variant.")] = EXPORT.quantize,
+    exporter: Annotated[Literal["torchscript", "dynamo"], typer.Option(help="torch.onnx exporter (dynamo: fp32 only).")] = EXPORT.exporter,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = EXPORT.checkpoint,
     parity_sentences: Annotated[int, typer.Option(help="Held-out sentences the parity gate decodes.")] = EXPORT.parity_sentences,
     tolerance: Annotated[float, typer.Option(help="Max |delta log-prob| per step between PyTorch and onnxruntime; twice PyTorch's own difference between batch sizes where that is larger.")] = EXPORT.tolerance,
@@ -189,13 +203,13 @@ def translate(
     return_alignment: Annotated[bool, typer.Option(help="Add an alignment column: for each output subword, the position of the source subword it attended to most.")] = TRANSLATE.decode.return_alignment,
     glossary: Annotated[Optional[str], typer.Option(help=GLOSSARY_HELP + " Adds terms_required and terms_met columns.")] = None,
     use_vmap: Annotated[bool, typer.Option(help="Project each step onto the vocabulary-map shortlist (fp32: faster; int8: slower here).")] = TRANSLATE.decode.use_vmap,
-    executor: Annotated[str, typer.Option(help="ray: Ray Data actors, on the cluster at RAY_ADDRESS or a local one; local: in this "
+    executor: Annotated[Literal["ray", "local"], typer.Option(help="ray: Ray Data actors, on the cluster at RAY_ADDRESS or a local one; local: in this "
                                                "process, without Ray (small inputs).")] = TRANSLATE.executor,
     actors: Annotated[int, typer.Option(help="Translate actors (0: as many as fit, leaving room for I/O tasks).")] = TRANSLATE.actors,
     cpus_per_actor: Annotated[float, typer.Option(help="CPUs per actor, also its onnxruntime threads (0: one 1-thread actor per core, less half a CPU per node for I/O).")] = TRANSLATE.cpus_per_actor,
     gpus_per_actor: Annotated[Optional[float], typer.Option(help="GPUs per actor (default: half or all of a GPU where the cluster has or can add GPU nodes, else none; 0: CPUs only).", show_default=False)] = TRANSLATE.gpus_per_actor,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (cuda is refused up front where no actor can have a GPU; an actor whose CUDA provider does not load fails the run).")] = TRANSLATE.device,
-    variant: Annotated[str, typer.Option(help="Model variant: fp32, int8, fp16, or auto (the model's default for the provider that loads: its CPU default on CPUs, its GPU default on CUDA).")] = TRANSLATE.variant,
+    device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Where actors decode (cuda is refused up front where no actor can have a GPU; an actor whose CUDA provider does not load fails the run).")] = TRANSLATE.device,
+    variant: Annotated[Literal["auto", "fp32", "int8", "fp16"], typer.Option(help="Model variant; auto: the model's default for the provider that loads: its CPU default on CPUs, its GPU default on CUDA).")] = TRANSLATE.variant,
     rows_per_shard: Annotated[int, typer.Option(help="Rows per shard: one part file and one resume step.")] = TRANSLATE.rows_per_shard,
     date: Annotated[Optional[str], typer.Option(help="Fills {date} in the input and output paths (e.g. 2026-11-21).")] = None,
     partition: Annotated[Optional[str], typer.Option(help="Fills {partition} in the input and output paths.")] = None,

@@ -70,3 +70,18 @@ def test_translate_path_does_not_load_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_version_and_choices_are_checked_before_anything_runs():
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from s2s.cli import app
+
+    out = CliRunner().invoke(app, ["--version"])
+    assert out.exit_code == 0 and out.output.strip() == f"s2s-job {version('s2s-job')}"
+    for args in (["translate", "in.parquet", "--device", "gpu"], ["translate", "in.parquet", "--variant", "bf16"],
+                 ["evaluate", "runs/x", "--split", "train"], ["export", "runs/x", "--exporter", "tf"]):
+        bad = CliRunner().invoke(app, args)
+        assert bad.exit_code == 2 and args[-1] in bad.output, (args, bad.output)  # a usage error naming the value, before any work
