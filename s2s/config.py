@@ -218,7 +218,7 @@ class TranslateConfig:
     input: str  # a Parquet file, a folder of shards, or a glob; local or any pyarrow URI (s3://, gs://)
     output: str  # folder for the output parts, _run.json and _SUCCESS: local, POSIX or s3://
     model: str = "models/eng-fra"  # exported model directory
-    text_column: str = "text"
+    text_column: str | None = None  # None: "text", or "src" where the input has no "text" column (s2s.inputs.plan)
     id_column: str | None = None  # None: add `row_id` = "<file path within the input>#<row>"
     allow_duplicate_ids: bool = False  # accept an id column with duplicate or null values
     reference_column: str | None = None  # references (a string or a list of strings): adds BLEU/chrF to _run.json

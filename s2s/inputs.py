@@ -162,11 +162,16 @@ class Plan:
     files: list[dict]  # {"path", "label", "pin", "rows"}
     units: list[dict]  # {"path", "label", "pin", "start", "stop", "name"}
     skipped: str  # what the listing left out, in one line ("" where nothing)
+    text_column: str = "text"  # the column translated: the one asked for, or the one found (see `plan`)
 
 
-def plan(spec: str, text_column: str, rows_per_shard: int, results: dict[str, str], id_column: str | None = None,
+TEXT_COLUMNS = ("text", "src")  # what --text-column looks for when it is not given, in this order
+
+
+def plan(spec: str, text_column: str | None, rows_per_shard: int, results: dict[str, str], id_column: str | None = None,
          reference_column: str | None = None, allow_duplicate_ids: bool = False, prefix_column: str | None = None) -> Plan:
-    """List the input, pin each file, check its footer, cut it into units; JobError where the input cannot run."""
+    """List the input, pin each file, check its footer, cut it into units; JobError where the input cannot run.
+    Without a `text_column`, the first of TEXT_COLUMNS that the first file has is used."""
     listed, skipped = list_inputs(spec)
     files, units = [], []
     for f in listed:
@@ -180,6 +185,11 @@ def plan(spec: str, text_column: str, rows_per_shard: int, results: dict[str, st
             raise
         except (pa.ArrowInvalid, OSError) as e:
             raise JobError(f"{f['path']}: not a readable Parquet file ({e}). Fix or remove it, then run again.") from e
+        if text_column is None:
+            text_column = next((c for c in TEXT_COLUMNS if c in schema.names), None)
+            if text_column is None:
+                raise JobError(f"{f['path']}: no --text-column given, and none of the columns {', '.join(TEXT_COLUMNS)} is there "
+                               f"(columns: {', '.join(schema.names[:20])}). Name the text column with --text-column.")
         _check_schema(f["path"], schema, text_column, id_column, reference_column, results, prefix_column)
         files.append({**f, "pin": pin, "rows": n_rows})
         for start in range(0, n_rows, rows_per_shard):
@@ -187,7 +197,7 @@ def plan(spec: str, text_column: str, rows_per_shard: int, results: dict[str, st
                           "name": part_name(f["path"], start)})
     if id_column and not allow_duplicate_ids:
         _check_ids(files, id_column)
-    return Plan(files, units, skipped)
+    return Plan(files, units, skipped, text_column or TEXT_COLUMNS[0])
 
 
 def _check_schema(path: str, schema: pa.Schema, text_column: str, id_column: str | None, reference_column: str | None,

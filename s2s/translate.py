@@ -18,6 +18,8 @@ fenced by the lease, and verified on resume.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -77,6 +79,9 @@ def run_translate(cfg: TranslateConfig) -> dict:
         choose_providers("cuda")  # the engines will run on this machine: fail now, not inside Ray
     work = plan(cfg.input, cfg.text_column, cfg.rows_per_shard, cfg.names, cfg.id_column, cfg.reference_column, cfg.allow_duplicate_ids,
                 cfg.target_prefix_column)
+    if cfg.text_column is None:
+        cfg = dataclasses.replace(cfg, text_column=work.text_column)
+        say(f"{cfg.input}: translating column {cfg.text_column!r} (--text-column names another)")
     if work.skipped:
         say(f"{cfg.input}: {work.skipped}")
     _check_output(cfg)  # read-only: a folder that is not this job's is never written to, not even a lease

@@ -85,3 +85,26 @@ def test_version_and_choices_are_checked_before_anything_runs():
                  ["evaluate", "runs/x", "--split", "train"], ["export", "runs/x", "--exporter", "tf"]):
         bad = CliRunner().invoke(app, args)
         assert bad.exit_code == 2 and args[-1] in bad.output, (args, bad.output)  # a usage error naming the value, before any work
+
+
+def test_the_text_column_is_found_when_not_named(tiny_model_dir, tmp_path):
+    """Without --text-column, `text` is translated, or `src` (the project's own splits) where there is no `text`;
+    the run says which. With neither, the run is refused up front naming the columns it has."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from s2s.cli import app
+
+    pq.write_table(pa.table({"src": ["I like cats.", "Hello."], "note": ["a", "b"]}), tmp_path / "src.parquet")
+    done = CliRunner().invoke(app, ["translate", str(tmp_path / "src.parquet"), "--output", str(tmp_path / "out"), "--model", str(tiny_model_dir),
+                                    "--executor", "local"])
+    assert done.exit_code == 0, done.output
+    assert "translating column 'src'" in done.output
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    assert [r["src"] for r in rows] == ["I like cats.", "Hello."] and all(r["error"] is None and r["translation"] is not None for r in rows)
+    pq.write_table(pa.table({"sentence": ["I like cats."]}), tmp_path / "other.parquet")
+    refused = CliRunner().invoke(app, ["translate", str(tmp_path / "other.parquet"), "--output", str(tmp_path / "out2"), "--model",
+                                       str(tiny_model_dir), "--executor", "local"])
+    assert refused.exit_code == 2 and "sentence" in refused.output and "--text-column" in refused.output
+    assert not (tmp_path / "out2").exists()
