@@ -224,8 +224,9 @@ def _allocate(part: np.ndarray, part_scores: np.ndarray, part_lp: np.ndarray, ex
     `part`/`part_scores`/`part_lp` (n, C) are the likeliest continuations, `extra[j]` the (index, score, log-prob)
     of the tokens that make progress on sentence j's terms. Returns `top`, `top_scores`, `top_lp` (n, 2K, padded
     with -inf scores) and each candidate's progress. With `words` (a term must end a word, so a hypothesis that
-    has just ended one cannot make progress at the next step) such hypotheses come last in their bank: the bank's
-    first place goes to one that can move on, so that the fullest bank gains at every step but one per term."""
+    has just ended one cannot make progress at the next step) the fullest bank's first place goes to its best
+    hypothesis that can move on, so that the fullest bank gains at every step but one per term; every other
+    place goes by score."""
     n = len(part)
     top, top_scores, top_lp = np.zeros((n, 2 * K), dtype=np.int64), np.full((n, 2 * K), -np.inf), np.zeros((n, 2 * K))
     states: list[list[Progress]] = []
@@ -239,9 +240,12 @@ def _allocate(part: np.ndarray, part_scores: np.ndarray, part_lp: np.ndarray, ex
             tok = i % V
             p = progress[j][i // V] if tok == eos else _advance(progress[j][i // V], tok, required[j])
             banks.setdefault(_produced(p, required[j]), []).append((i, p))
-        if words:
-            for bank in banks.values():
-                bank.sort(key=lambda c: c[1][3])  # stable: by score within each kind
+        if words and banks:  # the fullest bank's first place: its best hypothesis that can move on
+            top_bank = banks[max(banks)]
+            first = next((c for c in top_bank if not c[1][3]), None)
+            if first is not None and first is not top_bank[0]:
+                top_bank.remove(first)
+                top_bank.insert(0, first)
         order = [banks[b][r] for r in range(max(map(len, banks.values()), default=0)) for b in sorted(banks, reverse=True) if r < len(banks[b])]
         row = []
         for c, (i, p) in enumerate(order[: 2 * K]):
