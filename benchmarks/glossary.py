@@ -64,6 +64,7 @@ def main() -> None:
     required = [matched_terms(s, tuple(glossary)) for s in sources]
     with_terms = [i for i, r in enumerate(required) if r]
     in_refs = sum(len(terms_met(" ".join(refs[i]), required[i])) for i in with_terms)  # how often the glossary agrees with the row's references
+    agreed = [i for i in with_terms if terms_met(" ".join(refs[i]), required[i]) == required[i]]  # rows whose references hold all their terms
     print(f"glossary: {len(glossary)} terms from {test.num_rows:,} rows (min count {a.min_count}, Dice >= {a.min_dice}), e.g. "
           f"{', '.join(f'{e}->{f}' for e, f in glossary[:8])}; {len(with_terms):,} rows hold a term, "
           f"{sum(map(len, required)):,} terms required, of which the rows' references hold {in_refs:,}", flush=True)
@@ -86,15 +87,18 @@ def main() -> None:
         met = sum(len(terms_met(hyps[i], required[i])) for i in with_terms)
         scores[side] = {"terms_met": met, "terms_required": sum(map(len, required)), "all": corpus_scores(hyps, refs),
                         "rows_with_terms": corpus_scores([hyps[i] for i in with_terms], [refs[i] for i in with_terms]),
+                        "rows_references_agree": corpus_scores([hyps[i] for i in agreed], [refs[i] for i in agreed]),
                         "rows_per_s": test.num_rows / median_run(runs[side])["phase_seconds"]["translate_s"]}
         s = scores[side]
         print(f"{side:8}: terms met {s['terms_met']:,} of {s['terms_required']:,} ({s['terms_met'] / max(1, s['terms_required']):.1%}); "
-              f"BLEU {s['all']['bleu']:.2f} all rows, {s['rows_with_terms']['bleu']:.2f} rows with a term; chrF {s['all']['chrf']:.2f}, "
+              f"BLEU {s['all']['bleu']:.2f} all rows, {s['rows_with_terms']['bleu']:.2f} rows with a term, "
+              f"{s['rows_references_agree']['bleu']:.2f} the {len(agreed):,} whose references hold all their terms; chrF {s['all']['chrf']:.2f}, "
               f"{s['rows_with_terms']['chrf']:.2f}; {s['rows_per_s']:.1f} rows/s in Ray Data")
     g, p = scores["glossary"], scores["plain"]
     share = {k: v["terms_met"] / max(1, v["terms_required"]) for k, v in scores.items()}
     print(f"glossary/plain: terms met {share['glossary']:.1%} vs {share['plain']:.1%}, BLEU {g['all']['bleu'] - p['all']['bleu']:+.2f} all rows, "
-          f"{g['rows_with_terms']['bleu'] - p['rows_with_terms']['bleu']:+.2f} rows with a term; speed {g['rows_per_s'] / p['rows_per_s']:.3f}x")
+          f"{g['rows_with_terms']['bleu'] - p['rows_with_terms']['bleu']:+.2f} rows with a term, "
+          f"{g['rows_references_agree']['bleu'] - p['rows_references_agree']['bleu']:+.2f} rows whose references agree; speed {g['rows_per_s'] / p['rows_per_s']:.3f}x")
     if a.json:
         a.json.write_text(json.dumps({"glossary": glossary, "terms_in_references": in_refs, "scores": scores, "runs": runs}, indent=1, default=str))
 

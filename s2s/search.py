@@ -262,7 +262,7 @@ def _gather(log_probs, rows: list[int], toks: list[int]) -> np.ndarray:
     import torch
 
     d = log_probs.device
-    return log_probs[torch.as_tensor(rows, device=d), torch.as_tensor(toks, device=d)].float().cpu().numpy()
+    return log_probs[torch.as_tensor(rows, dtype=torch.long, device=d), torch.as_tensor(toks, dtype=torch.long, device=d)].float().cpu().numpy()
 
 
 def _ban(log_probs, rows: list[int], toks):
