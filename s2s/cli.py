@@ -174,7 +174,8 @@ def translate(
     output: Annotated[Optional[str], typer.Option(help="Output folder (default: outputs/<input name>): local, POSIX or s3://; for text "
                                                        "input a text file, or - for stdout (the default with stdin).")] = None,
     model: Annotated[str, typer.Option(help="Exported model directory.")] = TRANSLATE.model,
-    text_column: Annotated[str, typer.Option(help="Column with the text to translate (string, or binary holding UTF-8).")] = TRANSLATE.text_column,
+    text_column: Annotated[Optional[str], typer.Option(help="Column with the text to translate (string, or binary holding UTF-8); "
+                                                            "default: text, or src where there is no text column.", show_default=False)] = TRANSLATE.text_column,
     id_column: Annotated[Optional[str], typer.Option(help="Column with row ids, unique and never null (default: add row_id = file#row).")] = TRANSLATE.id_column,
     allow_duplicate_ids: Annotated[bool, typer.Option(help="Accept an --id-column with duplicate or null values.")] = TRANSLATE.allow_duplicate_ids,
     reference_column: Annotated[Optional[str], typer.Option(help="Column with references (string or list): adds BLEU/chrF to _run.json.")] = TRANSLATE.reference_column,
