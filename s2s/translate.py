@@ -93,6 +93,17 @@ def run_translate(cfg: TranslateConfig) -> dict:
         if lease.lost:  # the renewal thread found the lease lost and interrupted the wait
             raise LeaseLost(lease.lost) from None
         raise
+    except Exception as e:
+        # A run that lost its lease while frozen may first fail on what the new owner removed (its staging files):
+        # name the cause, not the symptom.
+        if not isinstance(e, LeaseLost):
+            try:
+                lease.check()
+            except LeaseLost as lost:
+                raise lost from e
+            except Exception:  # noqa: BLE001 - the store cannot be read: the original error says more
+                pass
+        raise
     finally:
         lease.release()
 

@@ -270,3 +270,32 @@ def test_on_s3_a_run_that_loses_the_lease_while_it_puts_deletes_its_put(s3_env, 
         folder.publish("part-a.parquet", b"rows")
     assert "part-a.parquet" not in s3_list(output)
     lease.release()
+
+
+def test_a_run_that_fails_after_losing_its_lease_names_the_lease(tiny_model_dir, tmp_path, monkeypatch):
+    """A run frozen past its lease may first trip over what the new owner removed (its staging files) when it
+    wakes; the run's error is then the lost lease (exit 3, 'taken over'), not a missing temporary file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from s2s import translate as translate_mod
+    from s2s.config import TranslateConfig
+
+    pq.write_table(pa.table({"text": ["I like cats."]}), tmp_path / "in.parquet")
+    out = str(tmp_path / "out")
+
+    def frozen_then_woken(cfg, lease, *rest):
+        stall(lease)
+        Lease(out, seconds=60).acquire(interrupt_main=False)  # another run takes the folder over
+        raise FileNotFoundError(f"{out}/_staging/e1/_tmp-attempts.json.tmp")
+
+    monkeypatch.setattr(translate_mod, "_run", frozen_then_woken)
+    with pytest.raises(LeaseLost, match="taken over by epoch 2") as e:
+        translate_mod.run_translate(TranslateConfig(input=str(tmp_path / "in.parquet"), output=out, model=str(tiny_model_dir),
+                                                    executor="local"))
+    assert isinstance(e.value.__cause__, FileNotFoundError)
+    # a failure that has nothing to do with the lease keeps its own error
+    monkeypatch.setattr(translate_mod, "_run", lambda *a: (_ for _ in ()).throw(FileNotFoundError("elsewhere")))
+    with pytest.raises(FileNotFoundError, match="elsewhere"):
+        translate_mod.run_translate(TranslateConfig(input=str(tmp_path / "in.parquet"), output=str(tmp_path / "out2"),
+                                                    model=str(tiny_model_dir), executor="local"))
