@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import json
 import time
 from pathlib import Path
@@ -51,11 +50,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", decode: DecodeConfig 
     out = translator.translate([r["src"] for r in rows])
     seconds = time.time() - t0
     hyps = [t.translation or "" for t in out]
+    defaults = DecodeConfig().recorded()
     result = {
         "split": split, "checkpoint": checkpoint, "sentences": len(rows), "references": sum(len(r["refs"]) for r in rows),
         **corpus_scores(hyps, [r["refs"] for r in rows]),
         "beam_size": decode.beam_size, "length_penalty": decode.length_penalty,
-        "decode": {k: v for k, v in decode.recorded().items() if v != DecodeConfig().recorded()[k] or k == "beam_size"},
+        "decode": {k: v for k, v in decode.recorded().items() if v != defaults[k] or k == "beam_size"},
         "row_flags": {"before_remedy": flag_counts([t.first_flags for t in out]), "after_remedy": flag_counts([t.flags for t in out])},
         **({"glossary": {"terms": len(decode.glossary), **glossary_counts([t.terms_required for t in out], [t.terms_met for t in out])}}
            if decode.glossary else {}),

@@ -8,6 +8,8 @@ records which targets were required and which the translation holds (`terms_requ
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import regex
 
 Glossary = tuple[tuple[str, str], ...]
@@ -45,6 +47,7 @@ def read_glossary(path: str) -> Glossary:
     return tuple((s, t) for s, t, _ in pairs.values())
 
 
+@lru_cache(maxsize=None)  # each term compiled once, not once per row it is looked for in
 def _whole(term: str) -> regex.Pattern:
     return regex.compile(r"(?<!\w)" + regex.escape(term) + r"(?!\w)", regex.IGNORECASE)
 

@@ -46,6 +46,16 @@ def _best(log_probs) -> tuple[np.ndarray, np.ndarray]:
     return best.cpu().numpy(), values.cpu().numpy()
 
 
+def _index(a, like):
+    """Integer indices for `like` (numpy, or a torch tensor on its device), from a list or array."""
+    a = np.asarray(a, dtype=np.int64)
+    if isinstance(like, np.ndarray):
+        return a
+    import torch
+
+    return torch.as_tensor(a, device=like.device)
+
+
 def _top_k(log_probs, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's k most likely tokens' log-probs and ids, best first, reduced where the log-probs are."""
     import torch  # here, not at the top: Ray's read and commit workers import this module and need no torch
@@ -136,16 +146,14 @@ def constrain(log_probs, history: np.ndarray, t: int, eos: int, c: Constraints, 
         return log_probs
     if isinstance(log_probs, np.ndarray):
         xp, lp = np, log_probs.copy()
-
-        def index(a):
-            return np.asarray(a, dtype=np.int64)
     else:
         import torch
 
         xp, lp = torch, log_probs.clone()
 
-        def index(a):
-            return torch.as_tensor(np.asarray(a, dtype=np.int64), device=lp.device)
+    def index(a):
+        return _index(a, lp)
+
     eos_lp = lp[:, eos].copy() if xp is np else lp[:, eos].clone()
     if c.repetition_penalty != 1.0 and t:
         pairs = np.unique(np.stack([np.repeat(np.arange(len(history)), t), history.reshape(-1)], 1), axis=0)  # each token once a row
@@ -257,26 +265,16 @@ def _allocate(part: np.ndarray, part_scores: np.ndarray, part_lp: np.ndarray, ex
 
 def _gather(log_probs, rows: list[int], toks: list[int]) -> np.ndarray:
     """log_probs[rows, toks] as numpy, read where the log-probs are."""
-    if isinstance(log_probs, np.ndarray):
-        return log_probs[np.asarray(rows, dtype=np.int64), np.asarray(toks, dtype=np.int64)]
-    import torch
-
-    d = log_probs.device
-    return log_probs[torch.as_tensor(rows, dtype=torch.long, device=d), torch.as_tensor(toks, dtype=torch.long, device=d)].float().cpu().numpy()
+    values = log_probs[_index(rows, log_probs), _index(toks, log_probs)]
+    return values if isinstance(values, np.ndarray) else values.float().cpu().numpy()
 
 
 def _ban(log_probs, rows: list[int], toks):
     """log_probs with the tokens `toks` (an id or an array of ids) at -inf in `rows` (a copy)."""
     if not rows or np.size(toks) == 0:
         return log_probs
-    r, t = np.asarray(rows, dtype=np.int64)[:, None], np.atleast_1d(np.asarray(toks, dtype=np.int64))[None, :]
     lp = log_probs.copy() if isinstance(log_probs, np.ndarray) else log_probs.clone()
-    if isinstance(lp, np.ndarray):
-        lp[r, t] = -np.inf
-    else:
-        import torch
-
-        lp[torch.as_tensor(r, device=lp.device), torch.as_tensor(t, device=lp.device)] = -np.inf
+    lp[_index(np.asarray(rows)[:, None], lp), _index(np.atleast_1d(toks)[None, :], lp)] = -np.inf
     return lp
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from typing import Any
 
 import pyarrow as pa
@@ -62,11 +63,7 @@ def glossary_counts(required: list, met: list) -> dict[str, int]:
 
 def flag_counts(cells: list) -> dict[str, int]:
     """Rows per flag (a row counts once per flag it has)."""
-    out: dict[str, int] = {}
-    for flags in cells:
-        for f in flags or []:
-            out[f] = out.get(f, 0) + 1
-    return out
+    return dict(Counter(f for flags in cells for f in flags or []))
 
 
 def outcome(complete: bool, rows: int, errors: int, max_error_rate: float) -> dict:
@@ -80,30 +77,24 @@ def summarize(parts: dict[str, dict], fresh: set[str], units: list[dict], comple
               references: QualityCounts | None = None) -> dict:
     """Counts over every verified part (earlier runs' included); speed over the parts this run wrote."""
     rows = errors = src_tokens = tgt_tokens = repaired = 0
-    kinds: dict[str, int] = {}
-    flagged: dict[str, dict[str, int]] = {}
-    terms: dict[str, int] = {}
+    kinds, terms, flagged = Counter(), Counter(), {}  # summed over the parts: error kinds, glossary counts, flags by when
     quality = references or QualityCounts()
     for stats in parts.values():
-        for k, n in stats.get("glossary", {}).items():
-            terms[k] = terms.get(k, 0) + n
+        terms.update(stats.get("glossary", {}))
         for when, counts in stats.get("row_flags", {}).items():
-            into = flagged.setdefault(when, {})
-            for f, n in counts.items():
-                into[f] = into.get(f, 0) + n
+            flagged.setdefault(when, Counter()).update(counts)
         rows, errors = rows + stats["rows"], errors + stats["errors"]
         src_tokens, tgt_tokens = src_tokens + stats["src_tokens"], tgt_tokens + stats["tgt_tokens"]
         quality.add_counts(stats["quality"])
         repaired += stats.get("repaired_utf8_cells", 0)
-        for k, v in stats["error_kinds"].items():
-            kinds[k] = kinds.get(k, 0) + v
+        kinds.update(stats["error_kinds"])
     now = [parts[n] for n in fresh if n in parts]
     rows_now, tokens_now = sum(s["rows"] for s in now), sum(s["tgt_tokens"] for s in now)
     return {
         **outcome(complete, rows, errors, max_error_rate),
         "shards_total": len(units), "shards_committed": len(parts), "shards_done_before": len(parts) - len(now), "shards_done_now": len(now),
         "rows_total": sum(u["stop"] - u["start"] for u in units),
-        "rows": rows, "translated": rows - errors, "errors": errors, "error_kinds": kinds,
+        "rows": rows, "translated": rows - errors, "errors": errors, "error_kinds": dict(kinds),
         "src_tokens": src_tokens, "tgt_tokens": tgt_tokens, "repaired_utf8_cells": repaired,
         "rows_this_run": rows_now, "wall_seconds": round(wall, 2),
         "sentences_per_s": round(rows_now / wall, 2) if wall else 0.0, "tokens_per_s": round(tokens_now / wall, 2) if wall else 0.0,
@@ -112,8 +103,8 @@ def summarize(parts: dict[str, dict], fresh: set[str], units: list[dict], comple
         # which engine wrote each part of this run: provider, variant, node and GPUs (Ray's ids; "" on CPUs)
         "part_engines": {n: {k: parts[n].get(k, "") for k in ("provider", "variant", "node", "gpus")} for n in sorted(fresh) if n in parts},
         "quality": quality.signals(),
-        "row_flags": flagged,  # rows per flag before and after the remedy (s2s.quality.row_flags), where rows were checked
-        **({"glossary": {**terms, "met_rate": round(terms["met"] / terms["required"], 6) if terms.get("required") else None}} if terms else {}),
+        "row_flags": {when: dict(counts) for when, counts in flagged.items()},  # rows per flag before and after the remedy (s2s.quality.row_flags), where rows were checked
+        **({"glossary": {**dict(terms), "met_rate": round(terms["met"] / terms["required"], 6) if terms.get("required") else None}} if terms else {}),
     }
 
 

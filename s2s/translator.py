@@ -143,9 +143,9 @@ class Translator:
         """`length_ratio`: the training data's bounds on target/source subwords (the model directory's manifest), for
         the length flags; without it rows are checked for copies, unknown pieces and loops only."""
         self.engine, self.src_sp, self.tgt_sp, self.config, self.length_ratio = engine, src_sp, tgt_sp, config, length_ratio
-        # target pieces that continue a word (no "\u2581" before a letter or digit): never right after a glossary term
+        # with a glossary, the target pieces that continue a word (no "\u2581" before a letter or digit): never right after a term
         self.glue = np.asarray([i for i in range(tgt_sp.get_piece_size()) if not tgt_sp.is_control(i) and not tgt_sp.is_unknown(i)
-                                and tgt_sp.id_to_piece(i)[:1].isalnum()], dtype=np.int64)
+                                and tgt_sp.id_to_piece(i)[:1].isalnum()], dtype=np.int64) if config.glossary else None
         # the most characters one source piece covers ("\u2581" stands for the space before a word)
         self.max_piece_chars = max(len(src_sp.id_to_piece(i)) for i in range(src_sp.get_piece_size()) if not src_sp.is_unknown(i)
                                    and not src_sp.is_control(i) and not src_sp.is_byte(i))
@@ -270,7 +270,7 @@ class Translator:
                                                  forced, details)]
         else:
             nbests = beam_search(self.engine.step, state, len(batch_ids), BOS_ID, EOS_ID, max_len, cfg.beam_size, cfg.length_penalty, cfg.nbest,
-                                 c, forced, details, required if required and any(required) else None, self.glue)
+                                 c, forced, details, required, self.glue)
         out = []
         for src_len, hyps in zip(lens, nbests):
             best: Hypothesis = hyps[0]
