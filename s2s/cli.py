@@ -16,6 +16,18 @@ from s2s.glossary import read_glossary
 # every option's default is the settings' own (s2s/config.py): read from them, never typed again here
 MODEL, TRAIN, EXPORT, EVALUATE_DECODE = ModelConfig(), TrainConfig(), ExportConfig(), DecodeConfig()
 TRANSLATE = TranslateConfig(input="", output="")  # only its defaults are read
+# the decoding options evaluate and translate share, declared once (each command reads its own defaults)
+NoRepeatNgramSize = Annotated[int, typer.Option(help="Never produce an n-gram of this size twice in one output (0: off).")]
+RepetitionPenalty = Annotated[float, typer.Option(help="> 1: tokens already in the output become less likely (their log-prob times this).")]
+MinDecodingLength = Annotated[int, typer.Option(help="No end of sentence before this many output tokens.")]
+MaxLengthA = Annotated[float, typer.Option(help="Output limit per sentence: a x source tokens + b ...")]
+MaxLengthB = Annotated[int, typer.Option(help="... and never more than --max-decoding-length.")]
+SamplingTopk = Annotated[int, typer.Option(help="Sample each token among the k most likely (greedy only; 1: no sampling, 0: among all).")]
+SamplingTopp = Annotated[float, typer.Option(help="... and among the fewest whose probabilities reach this.")]
+SamplingTemperature = Annotated[float, typer.Option(help="... after dividing the log-probs by this.")]
+SamplingSeed = Annotated[int, typer.Option(help="Seeds the draws, with each sentence's own text: the same seed gives the same sample.")]
+TargetPrefix = Annotated[str, typer.Option(help="Every translation starts with this text (forced).")]
+CheckRows = Annotated[bool, typer.Option(help="Check each translation (copy, unknown pieces, a loop, a length far outside the training data's) and decode a flagged one once more with a remedy.")]
 GLOSSARY_HELP = ("A UTF-8 file of 'source term<TAB>target term' lines: where a text holds a source term (any case, whole words), "
                  "its translation must hold the target term (constrained beam search; --beam-size 2 or more).")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, export and run an LSTM translator on Ray.")
@@ -94,17 +106,17 @@ def evaluate(
     split: Annotated[Literal["valid", "test"], typer.Option(help="The split to score.")] = "test",
     beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = EVALUATE_DECODE.beam_size,
     length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = EVALUATE_DECODE.length_penalty,
-    no_repeat_ngram_size: Annotated[int, typer.Option(help="Never produce an n-gram of this size twice in one output (0: off).")] = EVALUATE_DECODE.no_repeat_ngram_size,
-    repetition_penalty: Annotated[float, typer.Option(help="> 1: tokens already in the output become less likely (their log-prob times this).")] = EVALUATE_DECODE.repetition_penalty,
-    min_decoding_length: Annotated[int, typer.Option(help="No end of sentence before this many output tokens.")] = EVALUATE_DECODE.min_decoding_length,
-    max_length_a: Annotated[float, typer.Option(help="Output limit per sentence: a x source tokens + b ...")] = EVALUATE_DECODE.max_length_a,
-    max_length_b: Annotated[int, typer.Option(help="... and never more than --max-decoding-length.")] = EVALUATE_DECODE.max_length_b,
-    sampling_topk: Annotated[int, typer.Option(help="Sample each token among the k most likely (greedy only; 1: no sampling, 0: among all).")] = EVALUATE_DECODE.sampling_topk,
-    sampling_topp: Annotated[float, typer.Option(help="... and among the fewest whose probabilities reach this.")] = EVALUATE_DECODE.sampling_topp,
-    sampling_temperature: Annotated[float, typer.Option(help="... after dividing the log-probs by this.")] = EVALUATE_DECODE.sampling_temperature,
-    sampling_seed: Annotated[int, typer.Option(help="Seeds the draws, with each sentence's own text: the same seed gives the same sample.")] = EVALUATE_DECODE.sampling_seed,
-    target_prefix: Annotated[str, typer.Option(help="Every translation starts with this text (forced).")] = EVALUATE_DECODE.target_prefix,
-    check_rows: Annotated[bool, typer.Option(help="Check each translation (copy, unknown pieces, a loop, a length far outside the training data's) and decode a flagged one once more with a remedy.")] = EVALUATE_DECODE.check_rows,
+    no_repeat_ngram_size: NoRepeatNgramSize = EVALUATE_DECODE.no_repeat_ngram_size,
+    repetition_penalty: RepetitionPenalty = EVALUATE_DECODE.repetition_penalty,
+    min_decoding_length: MinDecodingLength = EVALUATE_DECODE.min_decoding_length,
+    max_length_a: MaxLengthA = EVALUATE_DECODE.max_length_a,
+    max_length_b: MaxLengthB = EVALUATE_DECODE.max_length_b,
+    sampling_topk: SamplingTopk = EVALUATE_DECODE.sampling_topk,
+    sampling_topp: SamplingTopp = EVALUATE_DECODE.sampling_topp,
+    sampling_temperature: SamplingTemperature = EVALUATE_DECODE.sampling_temperature,
+    sampling_seed: SamplingSeed = EVALUATE_DECODE.sampling_seed,
+    target_prefix: TargetPrefix = EVALUATE_DECODE.target_prefix,
+    check_rows: CheckRows = EVALUATE_DECODE.check_rows,
     glossary: Annotated[Optional[str], typer.Option(help=GLOSSARY_HELP)] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     samples: Annotated[int, typer.Option(help="Sample translations to show.")] = 5,
@@ -189,17 +201,17 @@ def translate(
     max_input_tokens: Annotated[int, typer.Option(help="Longer inputs are refused (or truncated with --truncate).")] = TRANSLATE.decode.max_input_tokens,
     truncate: Annotated[bool, typer.Option(help="Truncate inputs over --max-input-tokens instead of refusing them.")] = TRANSLATE.decode.truncate_long_input,
     max_decoding_length: Annotated[int, typer.Option(help="Hard cap on output tokens.")] = TRANSLATE.decode.max_decoding_length,
-    no_repeat_ngram_size: Annotated[int, typer.Option(help="Never produce an n-gram of this size twice in one output (0: off).")] = TRANSLATE.decode.no_repeat_ngram_size,
-    repetition_penalty: Annotated[float, typer.Option(help="> 1: tokens already in the output become less likely (their log-prob times this).")] = TRANSLATE.decode.repetition_penalty,
-    min_decoding_length: Annotated[int, typer.Option(help="No end of sentence before this many output tokens.")] = TRANSLATE.decode.min_decoding_length,
-    max_length_a: Annotated[float, typer.Option(help="Output limit per sentence: a x source tokens + b ...")] = TRANSLATE.decode.max_length_a,
-    max_length_b: Annotated[int, typer.Option(help="... and never more than --max-decoding-length.")] = TRANSLATE.decode.max_length_b,
-    sampling_topk: Annotated[int, typer.Option(help="Sample each token among the k most likely (greedy only; 1: no sampling, 0: among all).")] = TRANSLATE.decode.sampling_topk,
-    sampling_topp: Annotated[float, typer.Option(help="... and among the fewest whose probabilities reach this.")] = TRANSLATE.decode.sampling_topp,
-    sampling_temperature: Annotated[float, typer.Option(help="... after dividing the log-probs by this.")] = TRANSLATE.decode.sampling_temperature,
-    sampling_seed: Annotated[int, typer.Option(help="Seeds the draws, with each sentence's own text: the same seed gives the same sample.")] = TRANSLATE.decode.sampling_seed,
-    target_prefix: Annotated[str, typer.Option(help="Every translation starts with this text (forced).")] = TRANSLATE.decode.target_prefix,
-    check_rows: Annotated[bool, typer.Option(help="Check each translation (copy, unknown pieces, a loop, a length far outside the training data's) and decode a flagged one once more with a remedy.")] = TRANSLATE.decode.check_rows,
+    no_repeat_ngram_size: NoRepeatNgramSize = TRANSLATE.decode.no_repeat_ngram_size,
+    repetition_penalty: RepetitionPenalty = TRANSLATE.decode.repetition_penalty,
+    min_decoding_length: MinDecodingLength = TRANSLATE.decode.min_decoding_length,
+    max_length_a: MaxLengthA = TRANSLATE.decode.max_length_a,
+    max_length_b: MaxLengthB = TRANSLATE.decode.max_length_b,
+    sampling_topk: SamplingTopk = TRANSLATE.decode.sampling_topk,
+    sampling_topp: SamplingTopp = TRANSLATE.decode.sampling_topp,
+    sampling_temperature: SamplingTemperature = TRANSLATE.decode.sampling_temperature,
+    sampling_seed: SamplingSeed = TRANSLATE.decode.sampling_seed,
+    target_prefix: TargetPrefix = TRANSLATE.decode.target_prefix,
+    check_rows: CheckRows = TRANSLATE.decode.check_rows,
     return_token_scores: Annotated[bool, typer.Option(help="Add a token_scores column: each output subword's log-prob.")] = TRANSLATE.decode.return_token_scores,
     return_alignment: Annotated[bool, typer.Option(help="Add an alignment column: for each output subword, the position of the source subword it attended to most.")] = TRANSLATE.decode.return_alignment,
     glossary: Annotated[Optional[str], typer.Option(help=GLOSSARY_HELP + " Adds terms_required and terms_met columns.")] = None,
@@ -210,7 +222,7 @@ def translate(
     cpus_per_actor: Annotated[float, typer.Option(help="CPUs per actor, also its onnxruntime threads (0: one 1-thread actor per core, less half a CPU per node for I/O).")] = TRANSLATE.cpus_per_actor,
     gpus_per_actor: Annotated[Optional[float], typer.Option(help="GPUs per actor (default: half or all of a GPU where the cluster has or can add GPU nodes, else none; 0: CPUs only).", show_default=False)] = TRANSLATE.gpus_per_actor,
     device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Where actors decode (cuda is refused up front where no actor can have a GPU; an actor whose CUDA provider does not load fails the run).")] = TRANSLATE.device,
-    variant: Annotated[Literal["auto", "fp32", "int8", "fp16"], typer.Option(help="Model variant; auto: the model's default for the provider that loads: its CPU default on CPUs, its GPU default on CUDA).")] = TRANSLATE.variant,
+    variant: Annotated[Literal["auto", "fp32", "int8", "fp16"], typer.Option(help="Model variant; auto: the model's default for the provider that loads (its CPU default on CPUs, its GPU default on CUDA).")] = TRANSLATE.variant,
     rows_per_shard: Annotated[int, typer.Option(help="Rows per shard: one part file and one resume step.")] = TRANSLATE.rows_per_shard,
     date: Annotated[Optional[str], typer.Option(help="Fills {date} in the input and output paths (e.g. 2026-11-21).")] = None,
     partition: Annotated[Optional[str], typer.Option(help="Fills {partition} in the input and output paths.")] = None,
