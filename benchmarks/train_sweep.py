@@ -58,7 +58,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         done = (run / "metrics.jsonl").exists() and last_validation(run)["step"] == steps
         if not done:
-            cmd = [S2S_JOB, "train", "--run-dir", str(run), "--max-steps", str(steps), "--warmup-steps", str(max(1, steps // 5)),
+            cmd = [S2S_JOB, "train", str(run), "--max-steps", str(steps), "--warmup-steps", str(max(1, steps // 5)),
                    "--max-minutes", str(args.minutes * 2), "--patience", "0", *flags, *args.extra.split(),
                    *(["--data", args.data] if args.data else [])]
             print("$", " ".join(cmd), flush=True)

@@ -54,7 +54,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 @app.command()
 def train(
-    run_dir: Annotated[str, typer.Option(help="Where the run writes tokenizers, checkpoints and metrics: a folder or s3://...")] = TRAIN.run_dir,
+    run_dir: Annotated[str, typer.Argument(metavar="RUN_DIR", help="The run directory, where the run writes tokenizers, checkpoints and metrics: a folder or s3://...")] = TRAIN.run_dir,
     data: Annotated[str, typer.Option(help="Parquet or TSV (with header) of sentence pairs; a path or s3://...")] = TRAIN.data,
     source_column: Annotated[str, typer.Option(help="Column with source sentences.")] = TRAIN.source_column,
     target_column: Annotated[str, typer.Option(help="Column with target sentences.")] = TRAIN.target_column,
@@ -80,7 +80,7 @@ def train(
     log_every: Annotated[int, typer.Option(help="Steps between progress lines.")] = TRAIN.log_every,
     bf16: Annotated[Optional[bool], typer.Option("--bf16/--fp32", help="bfloat16 autocast; default: on GPU and on CPUs with native bf16.")] = TRAIN.bf16,
     seed: Annotated[int, typer.Option(help="Random seed.")] = TRAIN.seed,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir from its last checkpoint.")] = TRAIN.resume,
+    resume: Annotated[bool, typer.Option(help="Continue the run in RUN_DIR from its last checkpoint.")] = TRAIN.resume,
     verbose: Annotated[bool, typer.Option(help="Also show Ray Train's own log lines (its worker group's start-up).")] = TRAIN.verbose,
 ) -> None:
     """Train an English->French (or any pair) LSTM translator with DDP under Ray Train."""
@@ -102,7 +102,7 @@ def train(
 
 @app.command()
 def evaluate(
-    run_dir: Annotated[str, typer.Argument(help="A training run directory (or s3://...).")],
+    run_dir: Annotated[str, typer.Argument(metavar="RUN_DIR", help="A training run directory (or s3://...).")],
     split: Annotated[Literal["valid", "test"], typer.Option(help="The split to score.")] = "test",
     beam_size: Annotated[int, typer.Option(help="Beam size (1: greedy).")] = EVALUATE_DECODE.beam_size,
     length_penalty: Annotated[float, typer.Option(help="Beam ranking: score / length**length_penalty.")] = EVALUATE_DECODE.length_penalty,
@@ -139,8 +139,8 @@ def evaluate(
 
 @app.command()
 def export(
-    run_dir: Annotated[str, typer.Argument(help="A training run directory (or s3://...).")],
-    out: Annotated[str, typer.Option(help="Model directory to write (or s3://...).")] = "models/eng-fra",
+    run_dir: Annotated[str, typer.Argument(metavar="RUN_DIR", help="A training run directory (or s3://...).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Model directory to write (or s3://...).")] = "models/eng-fra",
     quantize: Annotated[Optional[Literal["int8"]], typer.Option(help="int8: add an onnxruntime dynamic-quantized variant.")] = EXPORT.quantize,
     exporter: Annotated[Literal["torchscript", "dynamo"], typer.Option(help="torch.onnx exporter (dynamo: fp32 only).")] = EXPORT.exporter,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = EXPORT.checkpoint,
@@ -156,13 +156,13 @@ def export(
     try:
         cfg = ExportConfig(exporter=exporter, checkpoint=checkpoint, parity_sentences=parity_sentences, tolerance=tolerance,
                            quantize=quantize, vmap=vmap, fp16=fp16, overwrite=overwrite)
-        manifest = export_run(run_dir, out, cfg)
+        manifest = export_run(run_dir, output, cfg)
     except ParityError as e:
         _fail(str(e), code=1)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         _fail(str(e))
     gate = manifest["parity"]
-    typer.echo(f"wrote {out}: parity passed on {gate['sentences']} sentences at batch sizes {gate['batch_sizes']} "
+    typer.echo(f"wrote {output}: parity passed on {gate['sentences']} sentences at batch sizes {gate['batch_sizes']} "
                f"(max |delta log-prob| {gate['max_abs_logprob_diff']:.1e} of {gate['gate_tolerance']:.1e} allowed; greedy {gate['greedy']}; beam {gate['beam4']}); "
                f"CPU default variant {manifest['default_cpu_variant']}")
     if "int8" in manifest["variants"]:
@@ -181,9 +181,9 @@ def export(
 
 @app.command()
 def translate(
-    input: Annotated[str, typer.Argument(help="Parquet file, folder of shards, or glob; local or s3://, gs://. "
+    input: Annotated[str, typer.Argument(metavar="INPUT", help="Parquet file, folder of shards, or glob; local or s3://, gs://. "
                                             "Or a .txt file (one sentence per line), or - for stdin: translated in this process.")],
-    output: Annotated[Optional[str], typer.Option(help="Output folder (default: outputs/<input name>): local, POSIX or s3://; for text "
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output folder (default: outputs/<input name>): local, POSIX or s3://; for text "
                                                        "input a text file, or - for stdout (the default with stdin).")] = None,
     model: Annotated[str, typer.Option(help="Exported model directory.")] = TRANSLATE.model,
     text_column: Annotated[Optional[str], typer.Option(help="Column with the text to translate (string, or binary holding UTF-8); "
@@ -245,8 +245,12 @@ def translate(
     from s2s.textfile import is_text_path, text_output, translate_text
     from s2s.translate import JobError, default_output, fill_template, run_translate
 
+    from s2s.status import one_line
+
     text_mode = is_text_path(input)
     try:
+        values = {"date": date, "partition": partition}  # a scheduler's placeholders, in either mode
+        input, output = fill_template(input, values), fill_template(output, values) if output else output
         decode = DecodeConfig(beam_size=beam_size, nbest=nbest, length_penalty=length_penalty, max_batch_tokens=max_batch_tokens,
                               max_input_tokens=max_input_tokens, truncate_long_input=truncate, max_decoding_length=max_decoding_length,
                               use_vmap=use_vmap, no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
@@ -263,13 +267,8 @@ def translate(
             if json_summary and target == "-":
                 raise ValueError("--json and translations on stdout would mix; pass --output FILE with --json")
             summary = translate_text(input, target, model, decode, variant, device, max_error_rate=max_error_rate)
-            typer.echo(f"{summary['lines']:,} lines: {summary['translated']:,} translated, {summary['empty']:,} empty, "
-                       f"{summary['errors']:,} error(s), in {summary['seconds']} s; wrote {'stdout' if target == '-' else target}", err=True)
         else:
-            values = {"date": date, "partition": partition}
-            input = fill_template(input, values)
-            out = fill_template(output, values) if output else default_output(input)
-            cfg = TranslateConfig(input=input, output=out, model=model, text_column=text_column, id_column=id_column,
+            cfg = TranslateConfig(input=input, output=output or default_output(input), model=model, text_column=text_column, id_column=id_column,
                                   allow_duplicate_ids=allow_duplicate_ids, reference_column=reference_column, result_prefix=result_prefix,
                                   target_prefix_column=target_prefix_column,
                                   decode=decode, executor=executor, actors=actors, cpus_per_actor=cpus_per_actor,
@@ -286,13 +285,11 @@ def translate(
               "Committed parts are kept: rerun the same command with --resume once the cause is fixed."), code=3)
     if json_summary:  # stdout is for machines; every line for people goes to stderr
         typer.echo(json.dumps({k: v for k, v in summary.items() if k != "nothing_to_do"}, indent=2))
-    if not text_mode and not summary.get("nothing_to_do"):
-        typer.echo(f"{summary['rows']:,} rows, {summary['errors']:,} errors ({summary['error_rate']:.2%}), "
-                   f"{summary['sentences_per_s']} sentences/s, {summary['tokens_per_s']} tokens/s, "
-                   f"provider {', '.join(summary['providers']) or 'none (nothing to do)'}, {summary['wall_seconds']} s; "
-                   f"output in {cfg.output} (s2s-job report {cfg.output})", err=True)
+    where = "stdout" if summary["output"] == "-" else summary["output"]
+    if not summary.get("nothing_to_do"):
+        typer.echo(f"{one_line(summary)}; output in {where}" + ("" if text_mode else f" (s2s-job report {where})"), err=True)
     if summary["status"] == "failed_error_rate":
-        where = f"{cfg.output}/_run.json" if not text_mode else (f"{summary['output']}.failed.json" if summary["output"] != "-" else "the lines above")
+        where = f"{where}/_run.json" if not text_mode else (f"{where}.failed.json" if where != "stdout" else "the lines above")
         _fail(f"error rate {summary['error_rate']:.2%} is over --max-error-rate {summary['max_error_rate']:.2%} (status failed_error_rate; "
               f"see {where}). Rerunning gives the same answer unless --max-error-rate is raised.", code=1)
     if summary["status"] != "complete":
@@ -301,8 +298,8 @@ def translate(
 
 @app.command()
 def plot(
-    run_dirs: Annotated[list[str], typer.Argument(help="One or more training run directories (or s3://...), overlaid.")],
-    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("curves.png"),
+    run_dirs: Annotated[list[str], typer.Argument(metavar="RUN_DIR", help="One or more training run directories (or s3://...), overlaid.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write.")] = Path("curves.png"),
     x: Annotated[str, typer.Option(help="Horizontal axis: step, or minutes (runs from one machine then compare per CPU-minute).")] = "step",
 ) -> None:
     """Draw training curves (loss, valid BLEU and chrF, tokens/s) of one run or several overlaid."""
@@ -310,33 +307,33 @@ def plot(
     from s2s.run_dir import working_copy
 
     try:
-        typer.echo(f"wrote {plot_curves([working_copy(r) for r in run_dirs], out, x)}")
+        typer.echo(f"wrote {plot_curves([working_copy(r) for r in run_dirs], output, x)}")
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
 
 
 @app.command()
 def attention(
-    model_dir: Annotated[Path, typer.Argument(help="Exported model directory.")],
-    text: Annotated[str, typer.Argument(help="A source sentence.")],
-    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("attention.png"),
+    text: Annotated[str, typer.Argument(metavar="TEXT", help="A source sentence.")],
+    model: Annotated[str, typer.Option(help="Exported model directory.")] = TRANSLATE.model,
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write.")] = Path("attention.png"),
 ) -> None:
     """Translate one sentence (greedy, onnxruntime) and draw its source-by-target attention map."""
     from s2s.engine import ModelDirError, load_translator
     from s2s.plots import draw_translation_attention
 
     try:
-        translator = load_translator(model_dir, device="cpu")
+        translator = load_translator(model, device="cpu")
         result = translator.translate([text])[0]
-        draw_translation_attention(translator, text, result, out)
+        draw_translation_attention(translator, text, result, output)
     except (ModelDirError, ValueError) as e:
         _fail(str(e))
-    typer.echo(f"{result.translation}\nwrote {out}")
+    typer.echo(f"{result.translation}\nwrote {output}")
 
 
 @app.command()
 def report(
-    output_dirs: Annotated[list[str], typer.Argument(help="One translate --output folder, or two to compare; local or s3://, gs://.")],
+    output_dirs: Annotated[list[str], typer.Argument(metavar="OUTPUT", help="One translate --output folder, or two to compare; local or s3://, gs://.")],
     html: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML page for the (first) run here.")] = None,
 ) -> None:
     """Print a translate run's _run.json, or compare two runs side by side; --html writes a page."""

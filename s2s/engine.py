@@ -112,7 +112,7 @@ def load_model_dir(path: str | Path) -> ModelDir:
 
     `path` may be a URI (s3://, gs://): the directory is then fetched into a local cache first."""
     path = fetch_model_dir(path) if is_uri(path) else Path(path)
-    hint = "Export one with `s2s-job export RUN_DIR --out MODEL_DIR`."
+    hint = "Export one with `s2s-job export RUN_DIR --output MODEL_DIR`."
     if not path.is_dir():
         raise ModelDirError(f"{path}: no such model directory. {hint}")
     mpath = path / MANIFEST

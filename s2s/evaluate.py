@@ -22,7 +22,7 @@ def load_model(checkpoint: str | Path) -> tuple[Seq2Seq, dict]:
     """A Seq2Seq in eval mode from a training checkpoint, and the checkpoint's other fields."""
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint. Train first (s2s-job train --run-dir ...) or check the run directory.")
+        raise FileNotFoundError(f"{path}: no checkpoint. Train first (s2s-job train RUN_DIR) or check the run directory.")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if "model" not in ckpt or "model_config" not in ckpt:
         raise ValueError(f"{path}: not an s2s-job checkpoint (no model weights or config)")

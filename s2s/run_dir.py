@@ -68,7 +68,7 @@ def working_copy(run: str | Path) -> Path:
     if not is_uri(run):
         path = Path(run)
         if not (path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{path}: not a training run directory (no {CONFIG_FILE}). Pass the --run-dir given to train.")
+            raise FileNotFoundError(f"{path}: not a training run directory (no {CONFIG_FILE}). Pass the run directory given to train.")
         return path
     run = str(run).rstrip("/")
     fs, base = filesystem(run)
@@ -77,7 +77,7 @@ def working_copy(run: str | Path) -> Path:
             config = f.read()
     except (FileNotFoundError, OSError) as e:
         raise FileNotFoundError(f"{run}/{CONFIG_FILE}: cannot be read ({e}); {run} is not a training run. "
-                                "Pass the --run-dir given to train.") from e
+                                "Pass the run directory given to train.") from e
     target = _cache_root() / hashlib.sha256(run.encode() + b"\0" + config).hexdigest()[:24]
 
     def fetch(folder: Path) -> None:

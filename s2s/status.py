@@ -108,6 +108,26 @@ def summarize(parts: dict[str, dict], fresh: set[str], units: list[dict], comple
     }
 
 
+def run_record(input: str, output: str, model: str, manifest: dict, decode, summary: dict, names: dict[str, str],
+               epoch: int | None = None, skipped: str = "") -> dict:
+    """The run's record (`_run.json`, and what `--json` prints) around `summarize`'s counts: what was translated
+    where, with which model, settings and libraries. Parquet and text runs write the same one."""
+    from s2s.engine import library_versions
+
+    return {"input": input, "output": output, "model": model, "epoch": epoch, "model_sha256": fingerprint(manifest["files"]),
+            **summary, "inputs_skipped": skipped, "decode": decode.recorded(), "result_columns": names,
+            "model_manifest": {k: manifest.get(k) for k in ("created", "exporter", "opset", "default_cpu_variant", "vocab_sizes", "limits")},
+            "versions": library_versions()}
+
+
+def one_line(summary: dict) -> str:
+    """The run's outcome for people, on stderr at its end (both modes)."""
+    lines = f"{summary['lines']:,} lines ({summary['empty']:,} empty): " if "lines" in summary else ""
+    return (f"{lines}{summary['rows']:,} rows, {summary['translated']:,} translated, {summary['errors']:,} error(s) "
+            f"({summary['error_rate']:.2%}), {summary['sentences_per_s']} sentences/s, {summary['tokens_per_s']} tokens/s, "
+            f"provider {', '.join(summary['providers']) or 'none (nothing to do)'}, {summary['wall_seconds']} s")
+
+
 def fingerprint(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=_plain).encode()).hexdigest()
 

@@ -50,7 +50,7 @@ def prepare(cfg: TrainConfig) -> ModelConfig:
     saved = run_config(cfg.run_dir)
     if saved is not None:
         if not cfg.resume:
-            raise FileExistsError(f"{cfg.run_dir} already holds a run. Pass --resume to continue it, or choose another --run-dir.")
+            raise FileExistsError(f"{cfg.run_dir} already holds a run. Pass --resume to continue it, or choose another run directory.")
         return ModelConfig(**saved["model"])
     run = Path(tempfile.mkdtemp(prefix="s2s-prepare-")) if is_uri(cfg.run_dir) else Path(cfg.run_dir)
     t0 = time.time()

@@ -35,13 +35,13 @@ from s2s.actor import TranslateBatch, results_columns, translate_here
 from s2s.cluster import init_ray, node_shapes, work_resources
 from s2s.commit import (JOB_FILE, RUN_FILE, STAGING_DIR, SUCCESS_FILE, commit_unit, final_check, now_utc, open_folder, read_marker, remove_success,
                         verify_parts, write_marker, write_success)
-from s2s.engine import choose_providers, library_versions
+from s2s.engine import choose_providers
 from s2s.inputs import JobError, Plan, plan, read_texts
 from s2s.lease import LEASE_DIR, Fence, Lease, LeaseHeld, LeaseLost
 from s2s.placement import IO_TASK_CPUS, place_actors
 from s2s.progress import Progress, relayed, say
 from s2s.quality import QualityCounts, as_references
-from s2s.status import fingerprint, summarize
+from s2s.status import fingerprint, run_record, summarize
 from s2s.storage import absolute, filesystem
 from s2s.config import TranslateConfig
 
@@ -240,11 +240,7 @@ def _summary(cfg: TranslateConfig, work: Plan, parts: dict, fresh: set, complete
                 if err is None and (refs := as_references(ref)):
                     references.add_references(hyp, refs)
     summary = summarize(parts, fresh, work.units, complete, wall, cfg.max_error_rate, references)
-    return {"input": cfg.input, "output": cfg.output, "model": cfg.model, "epoch": lease.epoch,
-            "model_sha256": fingerprint(manifest["files"]), **summary, "inputs_skipped": work.skipped,
-            "decode": cfg.decode.recorded(), "result_columns": cfg.names,
-            "model_manifest": {k: manifest.get(k) for k in ("created", "exporter", "opset", "default_cpu_variant", "vocab_sizes", "limits")},
-            "versions": library_versions()}
+    return run_record(cfg.input, cfg.output, cfg.model, manifest, cfg.decode, summary, cfg.names, lease.epoch, work.skipped)
 
 
 # ---------------------------------------------------------------- executors

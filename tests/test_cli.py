@@ -22,7 +22,7 @@ def test_every_command_has_help(command):
 def test_train_with_a_missing_column_says_which(tmp_path):
     data = tmp_path / "pairs.parquet"
     pq.write_table(pa.table({"english": ["Hi."], "french": ["Salut."]}), data)
-    result = runner.invoke(app, ["train", "--data", str(data), "--run-dir", str(tmp_path / "run")])
+    result = runner.invoke(app, ["train", str(tmp_path / "run"), "--data", str(data)])
     assert result.exit_code == 2
     assert "no column 'en'" in result.output and "['english', 'french']" in result.output
     assert not (tmp_path / "run" / "config.json").exists()
@@ -48,7 +48,7 @@ def test_resume_into_a_folder_not_made_by_translate(tiny_model_dir, tmp_path):
 
 
 def test_export_of_a_directory_that_is_not_a_run(tmp_path):
-    result = runner.invoke(app, ["export", str(tmp_path), "--out", str(tmp_path / "m")])
+    result = runner.invoke(app, ["export", str(tmp_path), "--output", str(tmp_path / "m")])
     assert result.exit_code == 2 and "not a training run directory" in result.output
 
 

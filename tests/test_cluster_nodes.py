@@ -97,7 +97,7 @@ def test_train_on_two_nodes_with_its_run_on_s3_resumes_exports_to_s3_and_transla
             assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
             return done.stdout + done.stderr
 
-        args = ["train", "--run-dir", "s3://life/run", "--data", "s3://life/pairs.parquet", "--workers", "2", "--src-vocab-size", "500",
+        args = ["train", "s3://life/run", "--data", "s3://life/pairs.parquet", "--workers", "2", "--src-vocab-size", "500",
                 "--tgt-vocab-size", "500", "--emb-dim", "16", "--hidden-size", "32", "--batch-tokens", "800", "--log-every", "2",
                 "--max-minutes", "0", "--fp32"]
         log = cli(*args, "--max-steps", "4")
@@ -115,7 +115,7 @@ def test_train_on_two_nodes_with_its_run_on_s3_resumes_exports_to_s3_and_transla
 
         assert '"bleu"' in cli("evaluate", "s3://life/run", "--checkpoint", "last")  # eval.json goes back beside the run
         assert s3.get_file_info("life/run/eval.json").type == pafs.FileType.File
-        cli("export", "s3://life/run", "--out", "s3://life/model", "--parity-sentences", "20", "--no-vmap")
+        cli("export", "s3://life/run", "--output", "s3://life/model", "--parity-sentences", "20", "--no-vmap")
         assert s3.get_file_info("life/model/manifest.json").type == pafs.FileType.File
         cli("translate", "s3://life/in/", "--output", "s3://life/out/", "--model", "s3://life/model", "--rows-per-shard", "30",
             "--max-decoding-length", "20", "--beam-size", "1")

@@ -50,6 +50,29 @@ def test_each_command_has_a_page_naming_every_option(name):
     assert not missing, f"{page_path.relative_to(ROOT)} does not document {', '.join(missing)} (see `s2s-job {name} --help`)"
 
 
+def documented_options(page: str) -> list[str]:
+    """The `--long-name`s in the first column of a page's option tables."""
+    return re.findall(r"(?<![\w-])--[a-z][\w-]*", "\n".join(row.split("|")[1] for row in page.splitlines() if row.startswith("| `-")))
+
+
+def usage_line(name: str) -> str:
+    """`s2s-job NAME [OPTIONS] ARGS`, as `s2s-job NAME --help` prints it."""
+    from typer.testing import CliRunner
+
+    help_text = CliRunner().invoke(app, [name, "--help"], terminal_width=200).output
+    return re.search(r"Usage: \S+ (\S+ .*?)\s*$", help_text, re.M).group(1).replace(f"{name} ", f"s2s-job {name} ", 1)
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_page_names_only_options_that_exist_and_the_usage_line(name):
+    """The other direction: a renamed or removed option (`--out` became `--output`) leaves no stale row behind."""
+    page = (REFERENCE / f"{name}.md").read_text(encoding="utf-8")
+    exists = set(option_names(COMMANDS[name]))
+    stale = [o for o in documented_options(page) if o not in exists]
+    assert not stale, f"docs/reference/{name}.md documents {', '.join(stale)}, which `s2s-job {name}` does not have"
+    assert f"\n{usage_line(name)}\n" in page, f"docs/reference/{name}.md: the usage line should read `{usage_line(name)}`"
+
+
 def test_the_index_links_every_page():
     index = (REFERENCE / "README.md").read_text(encoding="utf-8")
     missing = [n for n in COMMANDS if f"({n}.md)" not in index]
@@ -67,3 +90,4 @@ def test_the_check_finds_a_missing_option():
     page = "`--cpus 2` and `--output x`; `--no-vmap`"
     assert named(page, "--cpus") and named(page, "--output") and named(page, "--no-vmap")
     assert not named(page, "--cpu") and not named(page, "--out") and not named(page, "--vmap")
+    assert documented_options("| `--output`, `-o` | x |\n| `--gpu` / `--cpu` | y |\ntext `--not-a-row`") == ["--output", "--gpu", "--cpu"]

@@ -24,10 +24,10 @@ def test_training_writes_curves_and_plot_overlays_runs(tiny_run, tmp_path):
     width, height, size = _png_size(tiny_run / "curves.png")  # drawn by `fit` after the epoch
     assert (width, height) == (1100, 750) and size > 20_000
     out = tmp_path / "both.png"
-    result = CliRunner().invoke(app, ["plot", str(tiny_run), str(tiny_run), "--out", str(out)])
+    result = CliRunner().invoke(app, ["plot", str(tiny_run), str(tiny_run), "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert _png_size(out)[:2] == (1100, 750)
-    per_minute = CliRunner().invoke(app, ["plot", str(tiny_run), "--x", "minutes", "--out", str(tmp_path / "min.png")])
+    per_minute = CliRunner().invoke(app, ["plot", str(tiny_run), "--x", "minutes", "--output", str(tmp_path / "min.png")])
     assert per_minute.exit_code == 0, per_minute.output
     assert _png_size(tmp_path / "min.png")[:2] == (1100, 750)
     wrong = CliRunner().invoke(app, ["plot", str(tiny_run), "--x", "epochs"])
@@ -72,7 +72,7 @@ def test_attention_map(tiny_run, tiny_model_dir, tmp_path):
     model, _ = load_model(checkpoint_file(tiny_run, "best"))
     np.testing.assert_allclose(attention_of(TorchEngine(model), src_ids, out_ids), ort_att, atol=1e-5)
     out = tmp_path / "att.png"
-    result = CliRunner().invoke(app, ["attention", str(tiny_model_dir), "I like cats and dogs.", "--out", str(out)])
+    result = CliRunner().invoke(app, ["attention", str(tiny_model_dir), "I like cats and dogs.", "--output", str(out)])
     assert result.exit_code == 0, result.output
     width, height, size = _png_size(out)
     cols, rows = len(src_ids), len(out_ids) + 1  # the figure grows with the tokens on its axes, within bounds

@@ -110,7 +110,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
         return _export_remote(run_dir, str(out).rstrip("/"), cfg)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise FileExistsError(f"{out}: already exists and is not empty. Pass --overwrite or choose another --out.")
+        raise FileExistsError(f"{out}: already exists and is not empty. Pass --overwrite or choose another --output.")
     loaded = load(run_dir, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -133,7 +133,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportC
 def _export_remote(run_dir: str | Path, remote: str, cfg: ExportConfig) -> dict:
     out = Path(tempfile.mkdtemp(prefix="s2s-export-")) / "model"
     if _remote_model_exists(remote) and not cfg.overwrite:
-        raise FileExistsError(f"{remote}: already holds a model. Pass --overwrite or choose another --out.")
+        raise FileExistsError(f"{remote}: already holds a model. Pass --overwrite or choose another --output.")
     try:
         manifest = export_run(run_dir, out, cfg)
         _upload_model(out, remote, manifest)
