@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The bundled Tatoeba copy lives beside the package in a source checkout (see data/tatoeba-eng-fra/README.md).
-BUNDLED_DATA = Path(__file__).resolve().parent.parent / "data" / "tatoeba-eng-fra" / "eng-fra.parquet"
+# The bundled Tatoeba copy is package data (s2s/bundled/tatoeba-eng-fra/README.md): found after any install.
+BUNDLED_DATA = Path(__file__).resolve().parent / "bundled" / "tatoeba-eng-fra" / "eng-fra.parquet"
 
 
 class DataError(ValueError):

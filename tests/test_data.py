@@ -99,3 +99,34 @@ def test_token_batches_respect_budget_and_world_size():
     for lens in (src, tgt):
         padded = sum(len(b) * lens[b].max() for b in batches)
         assert lens[seen].sum() / padded > 0.85
+
+
+def test_the_bundled_data_is_found_after_a_plain_install(tmp_path):
+    """`pip install .` (not -e) copies the package elsewhere: `s2s-job train`'s default --data must travel with it.
+
+    The wheel is built from this checkout and installed into a folder outside it; a process that imports s2s
+    from there, in another working directory, finds the data and its attribution."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import shutil
+
+    root, src = Path(__file__).resolve().parent.parent, tmp_path / "src"
+    # a clean copy: a build/ folder left in the checkout by an earlier build would hide a file the wheel lacks
+    shutil.copytree(root / "s2s", src / "s2s", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(src)],
+                   check=True, timeout=300, cwd=tmp_path)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), *map(str, wheels.glob("*.whl"))],
+                   check=True, timeout=300)
+    probe = ("import s2s, s2s.config, pathlib, pyarrow.parquet as pq; d = pathlib.Path(s2s.config.TrainConfig().data); "
+             "print(s2s.__file__, d, pq.read_metadata(d).num_rows, (d.parent / 'README.md').is_file())")
+    out = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    module, data, rows, attribution = out.stdout.split()
+    assert module.startswith(str(site)) and data.startswith(str(site)), out.stdout  # the installed copy, not this checkout
+    assert rows == "142787" and attribution == "True"
