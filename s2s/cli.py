@@ -356,6 +356,20 @@ def report(
         typer.echo(format_comparison(runs[0], runs[1], tuple(d.rstrip("/").rsplit("/", 1)[-1] for d in output_dirs)))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(
+    ctx: typer.Context,
+    address: Annotated[Optional[str], typer.Option(help="The cluster's Ray Jobs server, http://HEAD:8265 (default: RAY_ADDRESS).")] = None,
+    working_dir: Annotated[Optional[str], typer.Option(help="A local folder uploaded as the job's working directory.")] = None,
+) -> None:
+    """Run an s2s-job command on a Ray cluster as a Ray job, stream its log, and exit with that command's own exit code.
+
+    Usage: s2s-job submit [--address URL] -- s2s-job translate ... (0 done, 1 error rate, 2 bad invocation, 3 failed: retry)."""
+    from s2s.submit import submit_job
+
+    raise typer.Exit(submit_job(list(ctx.args), address=address, working_dir=working_dir))
+
+
 def main() -> None:  # pragma: no cover
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("s2s").setLevel(logging.INFO)
