@@ -85,6 +85,10 @@ def test_version_and_choices_are_checked_before_anything_runs():
                  ["evaluate", "runs/x", "--split", "train"], ["export", "runs/x", "--exporter", "tf"]):
         bad = CliRunner().invoke(app, args)
         assert bad.exit_code == 2 and args[-1] in bad.output, (args, bad.output)  # a usage error naming the value, before any work
+    # text mode writes lines, not columns: what would add a column is refused, never dropped in silence
+    for option in (["--nbest", "2"], ["--return-token-scores"], ["--return-alignment"], ["--target-prefix-column", "p"]):
+        refused = CliRunner().invoke(app, ["translate", "in.txt", *option])
+        assert refused.exit_code == 2 and option[0] in refused.output and "Parquet" in refused.output, (option, refused.output)
 
 
 def test_the_text_column_is_found_when_not_named(tiny_model_dir, tmp_path):

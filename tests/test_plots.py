@@ -72,7 +72,7 @@ def test_attention_map(tiny_run, tiny_model_dir, tmp_path):
     model, _ = load_model(checkpoint_file(tiny_run, "best"))
     np.testing.assert_allclose(attention_of(TorchEngine(model), src_ids, out_ids), ort_att, atol=1e-5)
     out = tmp_path / "att.png"
-    result = CliRunner().invoke(app, ["attention", str(tiny_model_dir), "I like cats and dogs.", "--output", str(out)])
+    result = CliRunner().invoke(app, ["attention", "I like cats and dogs.", "--model", str(tiny_model_dir), "--output", str(out)])
     assert result.exit_code == 0, result.output
     width, height, size = _png_size(out)
     cols, rows = len(src_ids), len(out_ids) + 1  # the figure grows with the tokens on its axes, within bounds

@@ -36,7 +36,7 @@ def test_translate_s3_in_s3_out_then_resume_and_report(s3_env, tiny_model_dir, c
     done = _cli(s3_env, *args)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # stdout is for machines (empty without --json); people get one progress line and a summary on stderr
-    assert done.stdout == "" and "300/300 rows (100%)" in done.stderr and "300 rows, 3 errors" in done.stderr, done.stderr[-3000:]
+    assert done.stdout == "" and "300/300 rows (100%)" in done.stderr and "300 rows, 297 translated, 3 error(s)" in done.stderr, done.stderr[-3000:]
     out = pq.read_table("bkt/out", filesystem=s3)  # the output prefix reads as a dataset as it is
     assert out.num_rows == 300 and sorted(out.column("keep").to_pylist()) == list(range(300))
     assert sorted(out.column("row_id").to_pylist())[:2] == ["day=1/part-0.parquet#0", "day=1/part-0.parquet#1"]
