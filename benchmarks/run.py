@@ -370,7 +370,7 @@ def bench_actors(a: argparse.Namespace, texts: list[str], work: Path) -> None:
     with Ray's start-up included, so a floor: for sizing a cluster (docs/cluster.md)."""
     for beam, n in ((1, a.pipeline_rows // 2), (4, a.pipeline_rows // 20)):
         src = repeated_parquet(texts, n, work / f"actors-{n}.parquet")
-        for actors in (1, 2):
+        for actors in a.actor_counts:
             run = run_translate_cli(src, work / "out-actors", a.model, ["--beam-size", str(beam), "--actors", str(actors)])
             record("actors", f"translate {n:,} rows beam {beam}, {actors} CPU actor(s): per actor",
                    n / run["process_wall_s"] / actors, None, "sent/s")
@@ -520,6 +520,8 @@ def main() -> None:
     ap.add_argument("--decode-passes", type=int, default=3, help="alternated passes per engine at batch 64 (median kept)")
     ap.add_argument("--train-steps", type=int, default=60)
     ap.add_argument("--train-rounds", type=int, default=2, help="bare/Ray Train runs, alternated")
+    ap.add_argument("--actor-counts", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2],
+                    help="actor pool sizes for the actors section, comma-separated")
     ap.add_argument("--scale", default="10000,100000,1000000", help="row counts for the scale section")
     ap.add_argument("--no-scale-bare", dest="scale_bare", action="store_false",
                     help="skip the bare loop beside the largest scale run (the pipeline ratio at that size; ~8 min at 1M rows)")
