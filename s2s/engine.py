@@ -280,7 +280,7 @@ class OrtEngine:
             N, S, H, L = len(prev), state["mask"].shape[1], self.hidden, self.layers
             shapes = {"log_probs": (N, self.vocab), "h_out": (N, L, H), "c_out": (N, L, H), "feed_out": (N, H), "attention": (N, S)}
             out = self._run_bound(self.decoder, feeds, shapes)
-            lp = out["log_probs"]  # a tensor on the device: the search reduces it there (s2s.search._top_k)
+            lp = out["log_probs"]  # a tensor on the device: the search reduces it there (s2s.search._candidates)
             return lp, {**state, "h": out["h_out"], "c": out["c_out"], "feed": out["feed_out"], "attention": out["attention"]}
         if self.use_vmap:
             feed, h, c, attn, lp_short = self.state_step.run(None, {**feeds, "vmap_weight": self.weight, "vmap_bias": self.bias})

@@ -5,8 +5,10 @@ An engine (`TorchEngine` in `s2s.translator`, `OrtEngine` in `s2s.engine`) suppl
     step(prev_tokens: np.ndarray (N,), state) -> (log_probs (N, V), new_state)
 
 where `state` is a dict of arrays (numpy or torch) whose first axis is the row, and `log_probs` a numpy
-array or a torch tensor on the engine's device. A tensor is reduced where it is (`_best`, `_top_k`): on a
-GPU the (N, V) log-probs never leave it, and only each row's few candidate ids and scores come back. The search only picks,
+array or a torch tensor on the engine's device. A tensor is reduced where it is (`_best`, `_ranked`,
+`_candidates`): on a GPU the (N, V) log-probs never leave it; each step one small array comes back (greedy: each
+row's pick and its log-prob; beam: each sentence's 2K best continuations, merged over its beams on the device;
+sampling: each row's top-k). The search only picks,
 reorders and drops rows of the state with `select_state`; it never looks inside. Beam search knows one
 thing more: `memory` and `mask`, the encoder's outputs, are equal across a sentence's beams, so they are
 copied only when a sentence ends, not at every step's reorder of beams (the largest arrays of the state).
@@ -43,7 +45,16 @@ def _best(log_probs) -> tuple[np.ndarray, np.ndarray]:
         best = log_probs.argmax(axis=1)
         return best, log_probs[np.arange(len(best)), best]
     values, best = log_probs.max(dim=1)
-    return best.cpu().numpy(), values.cpu().numpy()
+    both = _to_host(best, values)  # one copy, one wait
+    return both[0].astype(np.int64), both[1]
+
+
+def _to_host(*tensors) -> np.ndarray:
+    """Tensors of one shape, stacked on their device and brought to the host in one copy, as float64 (exact for
+    float32 values and for ids below 2**53): each copy from a GPU waits for its queue, so a step makes one."""
+    import torch
+
+    return torch.stack([t.double() for t in tensors]).cpu().numpy()
 
 
 def _index(a, like):
@@ -62,8 +73,51 @@ def _top_k(log_probs, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     if isinstance(log_probs, np.ndarray):
         log_probs = torch.from_numpy(np.ascontiguousarray(log_probs, dtype=np.float32))
+        values, ids = log_probs.topk(k, dim=1)
+        return values.numpy(), ids.numpy()
     values, ids = log_probs.topk(k, dim=1)
-    return values.cpu().numpy(), ids.cpu().numpy()
+    both = _to_host(values, ids)
+    return both[0].astype(np.float32), both[1].astype(np.int64)
+
+
+def _per_beam(log_probs, scores: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each sentence's candidates from the 2K best tokens of each of its K beams, as numpy (n, K * 2K): index
+    (beam * V + token), score (the beam's plus the token's log-prob) and the token's own log-prob.
+
+    The 2K best continuations of a sentence are among these (a beam's score is one constant added to all its
+    tokens), so top-k per beam first: torch.topk does it ~20x faster than numpy's argpartition over the whole
+    (n, K*V) row, which dominated beam search time."""
+    n, V = len(scores), log_probs.shape[1]
+    k2 = min(2 * K, V)
+    beam_lp, beam_tok = _top_k(log_probs, k2)
+    part = (np.arange(K)[None, :, None] * V + beam_tok.reshape(n, K, k2)).reshape(n, K * k2)
+    part_scores = (scores[:, :, None] + beam_lp.reshape(n, K, k2)).reshape(n, K * k2)
+    return part, part_scores, beam_lp.reshape(n, K * k2)
+
+
+def _candidates(log_probs, scores: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each sentence's 2K best continuations over its K beams, best first (ties: the lower index beam * V + token,
+    as an argmax over the sentence's K*V scores would pick): index, score and the token's own log-prob, each (n, 2K)
+    numpy. On a tensor the per-beam top-k and the merge run where it is, and only these come back, in one copy."""
+    if isinstance(log_probs, np.ndarray):
+        part, part_scores, part_lp = _per_beam(log_probs, scores, K)
+        order = np.lexsort((part, -part_scores), axis=1)[:, : 2 * K]
+        take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
+        return take(part), take(part_scores), take(part_lp)
+    import torch
+
+    n, V = len(scores), log_probs.shape[1]
+    k2 = min(2 * K, V)
+    beam_lp, beam_tok = log_probs.topk(k2, dim=1)
+    offsets = torch.arange(K, device=log_probs.device)[None, :, None] * V
+    part = (offsets + beam_tok.view(n, K, k2)).view(n, K * k2)
+    part_lp = beam_lp.view(n, K * k2).double()
+    part_scores = torch.as_tensor(scores, device=log_probs.device).repeat_interleave(k2, dim=1) + part_lp
+    by_index = part.argsort(dim=1)  # then a stable sort by score: ties keep the lower index first, as lexsort
+    part, part_scores, part_lp = (a.gather(1, by_index) for a in (part, part_scores, part_lp))
+    order = torch.sort(part_scores, dim=1, descending=True, stable=True).indices[:, : 2 * K]
+    top, top_scores, top_lp = _to_host(*(a.gather(1, order) for a in (part, part_scores, part_lp)))
+    return top.astype(np.int64), top_scores, top_lp
 
 
 @dataclass(frozen=True)
@@ -101,12 +155,9 @@ NO_SAMPLING = Sampling()
 def _sample(log_probs, s: Sampling, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One token per row from the filtered, tempered distribution, by inverse CDF on `draws` (uniform, one per row);
     returns the tokens and their model log-probs (untempered)."""
-    lp = log_probs if isinstance(log_probs, np.ndarray) else log_probs.float().cpu().numpy()
-    order = np.argsort(-lp, axis=1, kind="stable")  # best first; ties: lower id first
-    ranked = np.take_along_axis(lp, order, 1) / s.temperature
+    lp, order = _ranked(log_probs, s.topk)
+    ranked = lp / s.temperature
     keep = np.isfinite(ranked)
-    if s.topk > 0:
-        keep[:, s.topk :] = False
     probs = np.exp(ranked - ranked[:, :1])
     probs = np.where(keep, probs, 0.0)
     probs /= probs.sum(axis=1, keepdims=True)
@@ -115,8 +166,22 @@ def _sample(log_probs, s: Sampling, draws: np.ndarray) -> tuple[np.ndarray, np.n
         probs = np.where(before < s.topp, probs, 0.0)
         probs /= probs.sum(axis=1, keepdims=True)
     pick = np.minimum((np.cumsum(probs, axis=1) < draws[:, None]).sum(axis=1), (probs > 0).sum(axis=1) - 1)  # rounding: the last kept
-    tokens = order[np.arange(len(lp)), pick]
-    return tokens, lp[np.arange(len(lp)), tokens]
+    rows = np.arange(len(lp))
+    return order[rows, pick], lp[rows, pick]
+
+
+def _ranked(log_probs, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's log-probs sorted best first (ties: the lower id first) and their ids, the first k (0: all), as
+    numpy; on a tensor sorted where it is, and only those k come back."""
+    k = k or log_probs.shape[1]
+    if isinstance(log_probs, np.ndarray):
+        order = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(log_probs, order, 1), order
+    import torch
+
+    values, order = torch.sort(log_probs.float(), dim=1, descending=True, stable=True)
+    both = _to_host(values[:, :k], order[:, :k])
+    return both[0].astype(np.float32), both[1].astype(np.int64)
 
 
 def _banned_ngram_ends(history: list[int], n: int) -> list[int]:
@@ -390,27 +455,17 @@ def beam_search(
                                          if len(progress[j][k][0]) < len(required[b])], eos)
             if glue is not None:  # ... and a term ends a word
                 log_probs = _ban(log_probs, [j * K + k for j in range(n) for k in range(K) if progress[j][k][3]], glue)
-        # The 2K best continuations of a sentence are among the 2K best tokens of each of its beams (a beam's
-        # score is one constant added to all its tokens), so top-k per beam first: torch.topk does it ~20x
-        # faster than numpy's argpartition over the whole (n, K*V) row, which dominated beam search time.
-        k2 = min(2 * K, V)
-        beam_lp, beam_tok = _top_k(log_probs, k2)
-        part = (np.arange(K)[None, :, None] * V + beam_tok.reshape(n, K, k2)).reshape(n, K * k2)  # index into K*V
-        part_scores = (scores[:, :, None] + beam_lp.reshape(n, K, k2)).reshape(n, K * k2)
         if required is None:
-            order = np.lexsort((part, -part_scores), axis=1)[:, : 2 * K]  # best first; ties: lower index, as argmax
-            top = np.take_along_axis(part, order, 1)  # (n, 2K)
-            top_scores = np.take_along_axis(part_scores, order, 1)
-            if details:
-                top_lp = np.take_along_axis(beam_lp.reshape(n, K * k2), order, 1)  # each candidate token's own log-prob
-        else:
+            top, top_scores, top_lp = _candidates(log_probs, scores, K)  # (n, 2K) each, best first
+        else:  # dynamic beam allocation ranks on the host, from each beam's 2K best and the terms' tokens
+            part, part_scores, part_lp = _per_beam(log_probs, scores, K)
             wanted = [(j, k, tok) for j, b in enumerate(active) for k in range(K) if np.isfinite(scores[j, k])
                       for tok in sorted(_next_tokens(progress[j][k], required[b]))]
             lps = _gather(log_probs, [j * K + k for j, k, _ in wanted], [tok for _, _, tok in wanted])
             extra: list[list] = [[] for _ in range(n)]
             for (j, k, tok), lp in zip(wanted, lps.tolist()):
                 extra[j].append((k * V + tok, scores[j, k] + lp, lp))
-            top, top_scores, top_lp, cand_progress = _allocate(part, part_scores, beam_lp.reshape(n, K * k2), extra, progress,
+            top, top_scores, top_lp, cand_progress = _allocate(part, part_scores, part_lp, extra, progress,
                                                                [required[b] for b in active], K, V, eos, glue is not None)
         beam, tok = top // V, top % V
         if details:

@@ -328,3 +328,70 @@ def test_required_terms_appear_in_every_best_hypothesis_and_rows_without_terms_a
                            for i in range(len(h.tokens))) for seq in r), (r, h.tokens, glue)
     empty = beam_search(step, state, batch, BOS_ID, EOS_ID, max_len, beam_size=beam, nbest=1, constraints=c, required=[[]] * batch)
     assert [(h.tokens, h.score) for (h,) in empty] == [(p.tokens, p.score) for (p,) in plain]
+
+
+class OnDevice(torch.Tensor):
+    """Stands for a tensor on a GPU: what the search brings to the host from it is logged, and what a CUDA tensor
+    cannot do (`.numpy()`, numpy's conversion) raises. Each copy or read of a value waits for the GPU's queue."""
+
+    log: list = []
+    SYNCS = (torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__,
+             torch.Tensor.__index__)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.numpy, torch.Tensor.__array__):
+            raise AssertionError("a CUDA tensor has no numpy view: the search must copy it with .cpu() first")
+        if func is torch.Tensor.cpu or func is torch.Tensor.to:
+            cls.log.append(("copy", args[0].numel()))
+            with torch._C.DisableTorchFunctionSubclass():
+                return torch.Tensor.clone(args[0])
+        if func in cls.SYNCS:
+            cls.log.append(("sync", func.__name__))
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 5), vocab=st.integers(9, 30), beam=st.integers(1, 4),
+       topk=st.integers(0, 4))
+def test_each_step_brings_one_small_array_back_from_the_device(seed, batch, vocab, beam, topk):
+    """From a device tensor each step makes one copy to the host, of each row's pick (greedy: id and log-prob),
+    of its top-k (sampling), or of each sentence's 2K best continuations merged over its beams (id, score and
+    log-prob): never the (rows, V) log-probs nor the beams' (rows, 2K) top-k, and nothing else waits on the
+    device. The hypotheses are those of the numpy path."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(batch, 7, vocab, vocab)).astype(np.float32)
+    table = (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)
+    max_len = rng.integers(1, 9, batch)
+    K = min(beam, vocab)
+
+    def step(prev, state, on_device):
+        lp = table[state["sentence"], state["t"] % 7, prev % vocab]
+        OnDevice.log.append(("step", len(prev)))
+        new = {"sentence": state["sentence"], "t": state["t"] + 1, "memory": state["memory"] + 1}
+        return (torch.from_numpy(lp.copy()).as_subclass(OnDevice) if on_device else lp), new
+
+    def search(kind, on_device):
+        memory = torch.zeros(batch, 3)
+        state = {"sentence": np.arange(batch), "t": np.zeros(batch, dtype=np.int64),
+                 "memory": memory.as_subclass(OnDevice) if on_device else memory}
+        OnDevice.log = []
+        fn = lambda prev, st: step(prev, st, on_device)  # noqa: E731
+        if kind == "beam":
+            hyps = [hs[0] for hs in beam_search(fn, state, batch, BOS_ID, EOS_ID, max_len, beam_size=K)]
+        else:
+            hyps = greedy_search(fn, state, batch, BOS_ID, EOS_ID, max_len, sampling=Sampling(topk=topk) if kind == "sample" else Sampling(),
+                                 seeds=[[seed % 1000, r] for r in range(batch)])
+        return [(h.tokens, h.score) for h in hyps], list(OnDevice.log)
+
+    for kind in ("greedy", "sample", "beam"):
+        expected, _ = search(kind, on_device=False)
+        got, log = search(kind, on_device=True)
+        assert got == expected, kind
+        steps = [i for i, e in enumerate(log) if e[0] == "step"]
+        assert steps and not [e for e in log if e[0] == "sync"], (kind, log)
+        for i, start in enumerate(steps):
+            rows = log[start][1]
+            after = log[start + 1 : steps[i + 1] if i + 1 < len(steps) else len(log)]
+            per_row = {"greedy": 2, "sample": 2 * (topk or vocab), "beam": 3 * min(2 * K, K * min(2 * K, vocab)) / K}[kind]
+            assert after == [("copy", rows * per_row)], (kind, rows, after)
