@@ -49,10 +49,10 @@ from run import CountingEngine, decode_flops_per_row  # noqa: E402
 from s2s.data import BUNDLED_DATA, pad_batch  # noqa: E402
 from s2s.engine import usable_cpus  # noqa: E402
 from s2s.config import ModelConfig  # noqa: E402
-from s2s.model import Seq2Seq, shift_target  # noqa: E402
+from s2s.model import Seq2Seq  # noqa: E402
 from s2s.tokenizer import EOS_ID, PAD_ID, load_sentencepiece  # noqa: E402
 from s2s.config import TrainConfig  # noqa: E402
-from s2s.train import fit, prepare, train_step  # noqa: E402
+from s2s.train import autocast_dtypes, fit, prepare, train_step  # noqa: E402
 from s2s.config import DecodeConfig  # noqa: E402
 from s2s.translator import TorchEngine, Translator  # noqa: E402
 
@@ -160,25 +160,11 @@ def init_process_group(device: torch.device) -> str:
 
 
 def step_bf16(model_cfg: ModelConfig, device: torch.device, run: Path) -> None:
-    """The dtypes each LSTM computes in during one training forward under the step's bf16 autocast."""
-    model = Seq2Seq(model_cfg).to(device).train()
-    seen: dict[str, set] = {}
-
-    def hook(module, args, out):
-        first = out[0] if isinstance(out, tuple) else out
-        seen.setdefault(type(module).__name__, set()).add(str(first.dtype).replace("torch.", ""))
-
-    for m in model.modules():
-        if isinstance(m, (torch.nn.LSTM, torch.nn.LSTMCell)):
-            m.register_forward_hook(hook)
-    src, tgt = batch_of(run, 32)
-    dec_in, gold = shift_target(tgt.to(device))
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-        logits = model(src[0].to(device), src[1].to(device), dec_in)
-    for name, dtypes in sorted(seen.items()):
-        row("bf16", f"{name} output dtype under autocast(bfloat16)", ",".join(sorted(dtypes)),
-            "no float16 anywhere: no loss scaling needed" if "float16" not in dtypes else "float16: needs a GradScaler")
-    row("bf16", "logits dtype", str(logits.dtype).replace("torch.", ""))
+    """The dtypes the LSTMs compute in under the training step's bf16 autocast: the check every worker makes
+    before it trains (s2s.train.autocast_dtypes), which turns loss scaling on where it sees float16."""
+    dtypes = autocast_dtypes(Seq2Seq(model_cfg).to(device).train(), device)
+    row("bf16", "LSTM output dtypes under autocast(bfloat16)", ",".join(sorted(dtypes)),
+        "no float16: no loss scaling needed" if "float16" not in dtypes else "float16: the workers scale the loss (GradScaler)")
 
 
 def batch_of(run: Path, n: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:

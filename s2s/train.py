@@ -97,11 +97,13 @@ def prepare(cfg: TrainConfig) -> ModelConfig:
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, src: torch.Tensor, src_lens: torch.Tensor,
-               tgt: torch.Tensor, label_smoothing: float, clip_norm: float, bf16: bool = False) -> tuple[float, float, int]:
+               tgt: torch.Tensor, label_smoothing: float, clip_norm: float, bf16: bool = False,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[float, float, int]:
     """Forward, backward, clip and step on one worker's share of a batch -> (loss sum, nll sum, tokens).
 
     The loss is divided by the target tokens of the whole batch across workers, times the world size,
     because DDP averages gradients over workers: the result equals one worker on the whole batch.
+    `scaler` scales the loss where some layer computes in float16 under the autocast (`autocast_dtypes`).
     """
     world = dist.get_world_size() if dist.is_initialized() else 1
     dec_in, gold = shift_target(tgt)
@@ -112,11 +114,44 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, src: to
     with torch.autocast(device_type=src.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(src, src_lens, dec_in)
     loss, nll, n = sequence_loss(logits, gold, PAD_ID, label_smoothing)
-    (loss * world / total.clamp(min=1)).backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-    optimizer.step()
+    scaled = loss * world / total.clamp(min=1)
+    if scaler is None:
+        scaled.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        optimizer.step()
+    else:
+        scaler.scale(scaled).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        scaler.step(optimizer)  # skipped where a gradient overflowed
+        scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return float(loss.detach()), float(nll), n
+
+
+def autocast_dtypes(model: torch.nn.Module, device: torch.device) -> set[str]:
+    """The dtypes the model's recurrent layers compute in under the training step's bf16 autocast, seen on one
+    forward of a made-up two-sentence batch on `device` (no dropout, so no random number is drawn).
+
+    Autocast's op lists and the RNN kernels differ by device and library (cuDNN, oneDNN): bfloat16 or float32
+    needs nothing more; float16, whose gradients underflow, needs loss scaling, and the worker then turns it on."""
+    seen: set[str] = set()
+
+    def hook(module, args, out):
+        seen.add(str((out[0] if isinstance(out, tuple) else out).dtype).replace("torch.", ""))
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.LSTM, torch.nn.LSTMCell))]
+    was_training = model.training
+    try:
+        model.eval()
+        ids = torch.full((2, 3), BOS_ID + 2, dtype=torch.long, device=device)
+        with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            model(ids, torch.tensor([3, 2], device=device), ids)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return seen
 
 
 def run_progress(cfg: TrainConfig, step: int, total_steps: int, seconds: float) -> float:
@@ -284,6 +319,7 @@ class Worker:
                                                  "train_seconds": 0.0})
     average: WeightAverage = field(default_factory=WeightAverage)
     bf16: bool = False  # autocast to bfloat16 (TrainConfig.bf16, resolved for this device)
+    scaler: torch.amp.GradScaler | None = None  # loss scaling, where a layer computes in float16 under that autocast
     progress: float = 0.0  # how far the run is, 0 to 1 (run_progress): the learning rate follows it
     last_train: dict = field(default_factory=dict)  # the latest progress record, whose loss the epoch record repeats
     t_start: float = 0.0  # time.time() less the seconds trained before a resume
@@ -345,7 +381,12 @@ def build_worker(cfg: TrainConfig, save: Save, rank: int, world: int, device: to
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     bf16 = cfg.bf16 if cfg.bf16 is not None else (device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return Worker(cfg, run, rank, world, device, model, ddp, optimizer, save, say, show, bf16=bf16)
+    scaler = None
+    if bf16 and "float16" in (dtypes := autocast_dtypes(model, device)):
+        scaler = torch.amp.GradScaler(device.type)
+        if rank == 0:
+            say(f"the LSTMs compute in {', '.join(sorted(dtypes))} under bf16 autocast on {device}: loss scaling on")
+    return Worker(cfg, run, rank, world, device, model, ddp, optimizer, save, say, show, bf16=bf16, scaler=scaler)
 
 
 def load_train_data(cfg: TrainConfig, run: Path, world: int) -> TrainData:
@@ -393,7 +434,7 @@ def train_epoch(w: Worker, data: TrainData) -> tuple[bool, bool]:
         for group in w.optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, state["step"], w.progress)
         loss, nll, n = train_step(w.ddp, w.optimizer, s.to(w.device), sl.to(w.device), t.to(w.device), cfg.label_smoothing, cfg.clip_norm,
-                                  w.bf16)
+                                  w.bf16, w.scaler)
         state["batch"] += 1
         state["step"] += 1
         acc = [acc[0] + loss, acc[1] + nll, acc[2] + n]
