@@ -28,14 +28,16 @@ PER_SENTENCE = ("memory", "mask")  # state entries equal for every beam of a sen
 
 def select_state(state: State, rows: np.ndarray) -> State:
     """Keep/reorder/repeat rows of every array in the state (numpy or torch indexing alike)."""
-    out = {}
+    out, on_device = {}, {}  # the rows copied to each device once, not once per tensor
     for k, v in state.items():
         if isinstance(v, np.ndarray):
             out[k] = v[rows]
         else:  # torch.Tensor, kept on its device
-            import torch
+            if v.device not in on_device:
+                import torch
 
-            out[k] = v.index_select(0, torch.as_tensor(rows, device=v.device))
+                on_device[v.device] = torch.as_tensor(rows, device=v.device)
+            out[k] = v.index_select(0, on_device[v.device])
     return out
 
 
