@@ -100,14 +100,12 @@ def _per_beam(log_probs, scores: np.ndarray, K: int) -> tuple[np.ndarray, np.nda
 def _candidates(log_probs, scores: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each sentence's 2K best continuations over its K beams, best first (ties: the lower index beam * V + token,
     as an argmax over the sentence's K*V scores would pick): index, score and the token's own log-prob, each (n, 2K)
-    numpy. On a tensor the per-beam top-k and the merge run where it is, and only these come back, in one copy."""
-    if isinstance(log_probs, np.ndarray):
-        part, part_scores, part_lp = _per_beam(log_probs, scores, K)
-        order = np.lexsort((part, -part_scores), axis=1)[:, : 2 * K]
-        take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
-        return take(part), take(part_scores), take(part_lp)
+    numpy. The per-beam top-k and the merge run where the log-probs are (numpy: torch on the CPU, without a copy),
+    and only these come back, in one copy."""
     import torch
 
+    if isinstance(log_probs, np.ndarray):
+        log_probs = torch.from_numpy(np.ascontiguousarray(log_probs, dtype=np.float32))
     n, V = len(scores), log_probs.shape[1]
     k2 = min(2 * K, V)
     beam_lp, beam_tok = log_probs.topk(k2, dim=1)
@@ -115,7 +113,7 @@ def _candidates(log_probs, scores: np.ndarray, K: int) -> tuple[np.ndarray, np.n
     part = (offsets + beam_tok.view(n, K, k2)).view(n, K * k2)
     part_lp = beam_lp.view(n, K * k2).double()
     part_scores = torch.as_tensor(scores, device=log_probs.device).repeat_interleave(k2, dim=1) + part_lp
-    by_index = part.argsort(dim=1)  # then a stable sort by score: ties keep the lower index first, as lexsort
+    by_index = part.argsort(dim=1)  # then a stable sort by score: ties keep the lower index first
     part, part_scores, part_lp = (a.gather(1, by_index) for a in (part, part_scores, part_lp))
     order = torch.sort(part_scores, dim=1, descending=True, stable=True).indices[:, : 2 * K]
     top, top_scores, top_lp = _to_host(*(a.gather(1, order) for a in (part, part_scores, part_lp)))
@@ -174,13 +172,12 @@ def _sample(log_probs, s: Sampling, draws: np.ndarray) -> tuple[np.ndarray, np.n
 
 def _ranked(log_probs, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's log-probs sorted best first (ties: the lower id first) and their ids, the first k (0: all), as
-    numpy; on a tensor sorted where it is, and only those k come back."""
-    k = k or log_probs.shape[1]
-    if isinstance(log_probs, np.ndarray):
-        order = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(log_probs, order, 1), order
+    numpy; sorted where the log-probs are, and only those k come back."""
     import torch
 
+    k = k or log_probs.shape[1]
+    if isinstance(log_probs, np.ndarray):
+        log_probs = torch.from_numpy(np.ascontiguousarray(log_probs))
     values, order = torch.sort(log_probs.float(), dim=1, descending=True, stable=True)
     both = _to_host(values[:, :k], order[:, :k])
     return both[0].astype(np.float32), both[1].astype(np.int64)
