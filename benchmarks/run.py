@@ -369,6 +369,8 @@ def bench_actors(a: argparse.Namespace, texts: list[str], work: Path) -> None:
     """Sentences/s per actor of `s2s-job translate` with 1 and with 2 CPU actors (defaults otherwise), end to end
     with Ray's start-up included, so a floor: for sizing a cluster (docs/cluster.md)."""
     for beam, n in ((1, a.pipeline_rows // 2), (4, a.pipeline_rows // 20)):
+        if beam not in a.actor_beams:
+            continue
         src = repeated_parquet(texts, n, work / f"actors-{n}.parquet")
         for actors in a.actor_counts:
             run = run_translate_cli(src, work / "out-actors", a.model, ["--beam-size", str(beam), "--actors", str(actors)])
@@ -520,6 +522,8 @@ def main() -> None:
     ap.add_argument("--decode-passes", type=int, default=3, help="alternated passes per engine at batch 64 (median kept)")
     ap.add_argument("--train-steps", type=int, default=60)
     ap.add_argument("--train-rounds", type=int, default=2, help="bare/Ray Train runs, alternated")
+    ap.add_argument("--actor-beams", type=lambda v: [int(x) for x in v.split(",")], default=[1, 4],
+                    help="beam sizes of the actors section (1: pipeline-rows/2 rows, 4: pipeline-rows/20)")
     ap.add_argument("--actor-counts", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2],
                     help="actor pool sizes for the actors section, comma-separated")
     ap.add_argument("--scale", default="10000,100000,1000000", help="row counts for the scale section")

@@ -48,7 +48,7 @@ def test_run_py_every_section_on_the_tiny_model(tiny_run, tiny_model_dir, tmp_pa
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--model", str(tiny_model_dir), "--run", str(tiny_run),
                     "--threads", "1", "--sentences", "16", "--decode-passes", "1", "--pipeline-rows", "200", "--pipeline-passes", "1",
-                    "--train-steps", "12", "--train-rounds", "1", "--scale", "200", "--actor-counts", "2", "--no-scale-bare", "--json", str(out)],
+                    "--train-steps", "12", "--train-rounds", "1", "--scale", "200", "--actor-counts", "2", "--actor-beams", "4", "--no-scale-bare", "--json", str(out)],
                    check=True, timeout=900, cwd=ROOT)
     rows = json.loads(out.read_text())["rows"]
     sections = {r["section"] for r in rows}
