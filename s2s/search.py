@@ -100,12 +100,16 @@ def _per_beam(log_probs, scores: np.ndarray, K: int) -> tuple[np.ndarray, np.nda
 def _candidates(log_probs, scores: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each sentence's 2K best continuations over its K beams, best first (ties: the lower index beam * V + token,
     as an argmax over the sentence's K*V scores would pick): index, score and the token's own log-prob, each (n, 2K)
-    numpy. The per-beam top-k and the merge run where the log-probs are (numpy: torch on the CPU, without a copy),
-    and only these come back, in one copy."""
+    numpy. On a tensor the per-beam top-k and the merge run where it is, and only these come back, in one copy.
+    numpy log-probs (onnxruntime's CPU provider) are merged with numpy: the same rule in torch's ops cost about 30%
+    of beam 4's speed at batch 1 on a 2-core EPYC (each op's dispatch, on arrays of a few dozen values)."""
+    if isinstance(log_probs, np.ndarray):
+        part, part_scores, part_lp = _per_beam(log_probs, scores, K)
+        order = np.lexsort((part, -part_scores), axis=1)[:, : 2 * K]
+        take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
+        return take(part), take(part_scores), take(part_lp)
     import torch
 
-    if isinstance(log_probs, np.ndarray):
-        log_probs = torch.from_numpy(np.ascontiguousarray(log_probs, dtype=np.float32))
     n, V = len(scores), log_probs.shape[1]
     k2 = min(2 * K, V)
     beam_lp, beam_tok = log_probs.topk(k2, dim=1)
