@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,15 @@ def test_protocol_costs_runs_locally_and_on_s3(tmp_path):
         mine = [r for r in rows if r["where"] == where]
         assert [r["what"].split(" ")[0] for r in mine] == ["read", "publish", "one", "one"]
         assert all(r["ours_ms"] > 0 for r in mine) and [r["plain_ms"] is not None for r in mine] == [True, True, False, False]
+
+
+def test_search_before_after_loads_the_other_checkouts_search_and_compares_like_work(tiny_run, tiny_model_dir):
+    log = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_before_after.py"), "--ref", "HEAD", "--model", str(tiny_model_dir),
+                          "--run", str(tiny_run), "--sentences", "8", "--batches", "1,4", "--rounds", "1", "--threads", "1"],
+                         check=True, timeout=300, capture_output=True, text=True, cwd=ROOT).stdout
+    rows = re.findall(r"^  (greedy|beam 4) +(\d+) +[\d.]+ +[\d.]+ +[\d.]+x", log, re.M)
+    assert rows == [("greedy", "1"), ("greedy", "4"), ("beam 4", "1"), ("beam 4", "4")], log
+    assert "s2s-search-before" not in subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
 
 
 def test_pipeline_before_after_runs_both_checkouts_and_the_bare_loop(tiny_run, tiny_model_dir, tmp_path):
