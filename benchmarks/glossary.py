@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--min-count", type=int, default=5)
     ap.add_argument("--min-dice", type=float, default=0.6)
     a = ap.parse_args()
-    print(machine_line(a.model), flush=True)
+    print(machine_line(a.model, a.matmul_seconds), flush=True)
     test = pq.read_table(a.run / "data" / "test.parquet", columns=["src", "refs"])
     if a.rows:
         test = test.slice(0, a.rows)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from run import ROWS_PER_SHARD, cpu_info, int8_matmul_gops, matmul_gflops, median_run, repeated_parquet, run_bare_loop, run_translate_cli, test_split
+from run import MATMUL_SECONDS_HELP, ROWS_PER_SHARD, cpu_info, int8_matmul_gops, matmul_gflops, median_run, repeated_parquet, run_bare_loop, run_translate_cli, test_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="the bare loop's onnxruntime threads")
     ap.add_argument("--json", type=Path, help="write every pass here too")
+    ap.add_argument("--matmul-seconds", type=float, default=2.0, help=MATMUL_SECONDS_HELP)
     a = ap.parse_args()
     a.model, a.run = a.model.resolve(), a.run.resolve()
 
@@ -62,8 +63,8 @@ def main() -> None:
             }
             runs: dict[str, list[dict]] = {k: [] for k in sides}
             order = list(sides)
-            rates = (f"fp32 matmul {matmul_gflops(torch.float32, threads=a.threads):.1f} GFLOP/s, "
-                     f"u8 x s8 {int8_matmul_gops(threads=a.threads):.1f} GOP/s ({a.threads} threads)")
+            rates = (f"fp32 matmul {matmul_gflops(torch.float32, threads=a.threads, seconds=a.matmul_seconds):.1f} GFLOP/s, "
+                     f"u8 x s8 {int8_matmul_gops(threads=a.threads, seconds=a.matmul_seconds):.1f} GOP/s ({a.threads} threads)")
             print(f"cpu: {cpu_info('model name')}, {os.cpu_count()} cpus, {rates}; {a.rows:,} rows, beam {a.beam}, rows per shard "
                   f"{ROWS_PER_SHARD}; before = {commit}", flush=True)
             for i in range(a.passes):

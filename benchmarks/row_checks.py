@@ -22,7 +22,7 @@ from run import machine_line, median_run, run_translate_cli, side_by_side_args
 
 def main() -> None:
     a = side_by_side_args(__doc__).parse_args()
-    print(machine_line(a.model), flush=True)
+    print(machine_line(a.model, a.matmul_seconds), flush=True)
     test = pq.read_table(a.run / "data" / "test.parquet", columns=["src", "refs"])
     if a.rows:
         test = test.slice(0, a.rows)

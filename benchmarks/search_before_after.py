@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from run import cpu_info, matmul_gflops, test_split, timed_translate
+from run import MATMUL_SECONDS_HELP, cpu_info, matmul_gflops, test_split, timed_translate
 
 import s2s.translator
 from s2s.config import DecodeConfig
@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,64", help="batch sizes, comma-separated")
     ap.add_argument("--rounds", type=int, default=5, help="alternated rounds per decode and batch size (median kept)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="onnxruntime threads")
+    ap.add_argument("--matmul-seconds", type=float, default=2.0, help=MATMUL_SECONDS_HELP)
     a = ap.parse_args()
 
     after = sys.modules["s2s.search"]
@@ -67,7 +68,7 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before_tree)], capture_output=True)
 
     texts = test_split(a.run)[0][: a.sentences]
-    print(f"CPU {cpu_info('model name')}; fp32 matmul {matmul_gflops(__import__('torch').float32, threads=a.threads):,.0f} GFLOP/s; "
+    print(f"CPU {cpu_info('model name')}; fp32 matmul {matmul_gflops(__import__('torch').float32, threads=a.threads, seconds=a.matmul_seconds):,.0f} GFLOP/s; "
           f"before: s2s/search.py at {commit}; {len(texts)} test sentences; {a.threads} onnxruntime thread(s)")
     print(f"  {'decode':<8} {'batch':>5} {'before':>10} {'after':>10} {'after/before':>13}   sent/s, median of {a.rounds} alternated rounds")
     for beam in (1, 4):

@@ -24,7 +24,7 @@ def test_protocol_costs_runs_locally_and_on_s3(tmp_path):
 
 def test_search_before_after_loads_the_other_checkouts_search_and_compares_like_work(tiny_run, tiny_model_dir):
     log = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_before_after.py"), "--ref", "HEAD", "--model", str(tiny_model_dir),
-                          "--run", str(tiny_run), "--sentences", "8", "--batches", "1,4", "--rounds", "1", "--threads", "1"],
+                          "--run", str(tiny_run), "--sentences", "8", "--batches", "1,4", "--rounds", "1", "--threads", "1", "--matmul-seconds", "0.2"],
                          check=True, timeout=300, capture_output=True, text=True, cwd=ROOT).stdout
     rows = re.findall(r"^  (greedy|beam 4) +(\d+) +[\d.]+ +[\d.]+ +[\d.]+x", log, re.M)
     assert rows == [("greedy", "1"), ("greedy", "4"), ("beam 4", "1"), ("beam 4", "4")], log
@@ -34,7 +34,7 @@ def test_search_before_after_loads_the_other_checkouts_search_and_compares_like_
 def test_pipeline_before_after_runs_both_checkouts_and_the_bare_loop(tiny_run, tiny_model_dir, tmp_path):
     out = tmp_path / "passes.json"
     log = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_before_after.py"), "--ref", "HEAD", "--model", str(tiny_model_dir),
-                          "--run", str(tiny_run), "--rows", "300", "--passes", "1", "--threads", "1", "--json", str(out)],
+                          "--run", str(tiny_run), "--rows", "300", "--passes", "1", "--threads", "1", "--matmul-seconds", "0.2", "--json", str(out)],
                          check=True, timeout=600, capture_output=True, text=True, cwd=ROOT).stdout
     assert "after / before" in log and "GFLOP/s" in log
     passes = json.loads(out.read_text())["passes"]
@@ -58,7 +58,7 @@ def test_run_py_every_section_on_the_tiny_model(tiny_run, tiny_model_dir, tmp_pa
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--model", str(tiny_model_dir), "--run", str(tiny_run),
                     "--threads", "1", "--sentences", "16", "--decode-passes", "1", "--pipeline-rows", "200", "--pipeline-passes", "1",
-                    "--train-steps", "12", "--train-rounds", "1", "--scale", "200", "--actor-counts", "2", "--actor-beams", "4", "--no-scale-bare", "--json", str(out)],
+                    "--train-steps", "12", "--train-rounds", "1", "--scale", "200", "--matmul-seconds", "0.2", "--actor-counts", "2", "--actor-beams", "4", "--no-scale-bare", "--json", str(out)],
                    check=True, timeout=900, cwd=ROOT)
     rows = json.loads(out.read_text())["rows"]
     sections = {r["section"] for r in rows}
@@ -70,7 +70,7 @@ def test_run_py_every_section_on_the_tiny_model(tiny_run, tiny_model_dir, tmp_pa
 def test_row_checks_runs_both_sides_and_reports_flags_and_bleu(tiny_run, tiny_model_dir, tmp_path):
     out = tmp_path / "passes.json"
     log = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "row_checks.py"), "--model", str(tiny_model_dir), "--run", str(tiny_run),
-                          "--rows", "60", "--passes", "1", "--json", str(out)], check=True, timeout=600, capture_output=True, text=True,
+                          "--rows", "60", "--passes", "1", "--matmul-seconds", "0.2", "--json", str(out)], check=True, timeout=600, capture_output=True, text=True,
                          cwd=ROOT).stdout
     assert "checked/unchecked: speed" in log and "rows per flag before the remedy" in log and "GFLOP/s" in log
     runs = json.loads(out.read_text())
@@ -81,7 +81,7 @@ def test_row_checks_runs_both_sides_and_reports_flags_and_bleu(tiny_run, tiny_mo
 def test_glossary_benchmark_builds_a_glossary_and_measures_both_sides(tiny_run, tiny_model_dir, tmp_path):
     out = tmp_path / "glossary.json"
     log = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "glossary.py"), "--model", str(tiny_model_dir), "--run", str(tiny_run),
-                          "--rows", "60", "--passes", "1", "--min-count", "2", "--min-dice", "0.3", "--json", str(out)], check=True, timeout=600,
+                          "--rows", "60", "--passes", "1", "--matmul-seconds", "0.2", "--min-count", "2", "--min-dice", "0.3", "--json", str(out)], check=True, timeout=600,
                          capture_output=True, text=True, cwd=ROOT).stdout
     assert "glossary/plain: terms met" in log and "GFLOP/s" in log
     result = json.loads(out.read_text())
