@@ -6,10 +6,10 @@ An engine (`TorchEngine` in `s2s.translator`, `OrtEngine` in `s2s.engine`) suppl
 
 where `state` is a dict of arrays (numpy or torch) whose first axis is the row, and `log_probs` a numpy
 array or a torch tensor on the engine's device. A tensor is reduced where it is (`_best`, `_ranked`,
-`_candidates`): on a GPU the (N, V) log-probs never leave it; each step one small array comes back (greedy: each
-row's pick and its log-prob; beam: each sentence's 2K best continuations, merged over its beams on the device;
-sampling: each row's top-k). The search only picks,
-reorders and drops rows of the state with `select_state`; it never looks inside. Beam search knows one
+`_candidates`): on a GPU each step brings one small array back (greedy: each row's pick and its log-prob; beam:
+each sentence's 2K best continuations, merged over its beams on the device; sampling: each row's top-k, the whole
+row only when sampling among all tokens). Constraints, a glossary and `details` add copies of their own. The
+search only picks, reorders and drops rows of the state with `select_state`; it never looks inside. Beam search knows one
 thing more: `memory` and `mask`, the encoder's outputs, are equal across a sentence's beams, so they are
 copied only when a sentence ends, not at every step's reorder of beams (the largest arrays of the state).
 """
