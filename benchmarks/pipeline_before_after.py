@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from run import MATMUL_SECONDS_HELP, ROWS_PER_SHARD, cpu_info, int8_matmul_gops, matmul_gflops, median_run, repeated_parquet, run_bare_loop, run_translate_cli, test_split
+from run import MATMUL_SECONDS_HELP, ROWS_PER_SHARD, checkout_at, cpu_info, int8_matmul_gops, matmul_gflops, median_run, repeated_parquet, run_bare_loop, run_translate_cli, test_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,11 +46,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="s2s-before-after-") as tmp:
         work = Path(tmp)
         before = work / "before"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before), a.ref], check=True,
-                       capture_output=True)
-        try:
-            commit = subprocess.run(["git", "-C", str(before), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
-                                    text=True).stdout.strip()
+        with checkout_at(a.ref, before) as commit:
             env_before = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(before), os.environ.get("PYTHONPATH")) if p)}
             texts, _ = test_split(a.run)
             src = repeated_parquet(texts, a.rows, work / f"rows-{a.rows}.parquet")
@@ -74,8 +69,6 @@ def main() -> None:
                     print(f"  pass {i + 1} {side:<6} {r['process_wall_s']:7.1f} s  {a.rows / r['process_wall_s']:7.1f} rows/s"
                           + (f"  (Ray Data's execution {r['phase_seconds']['translate_s']:.1f} s)" if "phase_seconds" in r else ""),
                           flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], check=False)
 
     med = {k: median_run(v) for k, v in runs.items()}
     rate = {k: a.rows / m["process_wall_s"] for k, m in med.items()}

@@ -13,6 +13,7 @@ peak RSS), limit (FLOPs per token vs the measured matmul rate), padding (share b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -73,6 +74,18 @@ def side_by_side_args(doc: str) -> argparse.ArgumentParser:
 
 
 MATMUL_SECONDS_HELP = "how long each matmul rate printed beside the ratios is timed (shorter: rougher)"
+
+
+@contextlib.contextmanager
+def checkout_at(ref: str, where: Path):
+    """This repository at `ref`, checked out in a git worktree at `where` for the duration -> its short commit."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(where), ref], check=True, capture_output=True)
+    try:
+        yield subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
+                             text=True).stdout.strip()
+    finally:
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(where)], capture_output=True)
 
 
 def machine_line(model: Path, seconds: float = 2.0) -> str:

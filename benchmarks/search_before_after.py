@@ -15,19 +15,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from run import MATMUL_SECONDS_HELP, cpu_info, matmul_gflops, test_split, timed_translate
+from run import MATMUL_SECONDS_HELP, checkout_at, cpu_info, matmul_gflops, test_split, timed_translate
 
 import s2s.translator
 from s2s.config import DecodeConfig
 from s2s.engine import load_translator
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_search(path: Path):
@@ -57,15 +54,8 @@ def main() -> None:
     a = ap.parse_args()
 
     after = sys.modules["s2s.search"]
-    with tempfile.TemporaryDirectory(prefix="s2s-search-before-") as tmp:
-        before_tree = Path(tmp) / "before"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before_tree), a.ref], check=True, capture_output=True)
-        try:
-            commit = subprocess.run(["git", "-C", str(before_tree), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
-                                    text=True).stdout.strip()
-            before = load_search(before_tree / "s2s" / "search.py")
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before_tree)], capture_output=True)
+    with tempfile.TemporaryDirectory(prefix="s2s-search-before-") as tmp, checkout_at(a.ref, Path(tmp) / "before") as commit:
+        before = load_search(Path(tmp) / "before" / "s2s" / "search.py")
 
     texts = test_split(a.run)[0][: a.sentences]
     print(f"CPU {cpu_info('model name')}; fp32 matmul {matmul_gflops(__import__('torch').float32, threads=a.threads, seconds=a.matmul_seconds):,.0f} GFLOP/s; "
